@@ -1,0 +1,45 @@
+# One entry point for people and CI. Everything is bootstrapped from plain python3:
+# a virtualenv, a pinned uv inside it, then the locked dependencies (uv.lock).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+UV_VERSION := 0.13.9
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: install run test lint migrate demo bench clean lock
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml uv.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(BIN)/uv sync --locked --inexact --all-extras --quiet
+	@touch $@
+
+run: install
+	$(BIN)/concord migrate
+	$(BIN)/concord serve --host $(HOST) --port $(PORT)
+
+migrate: install
+	$(BIN)/concord migrate
+
+test: install
+	$(BIN)/python -m tests.run
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+bench: install
+	$(BIN)/concord bench
+
+lock: install
+	$(BIN)/uv lock
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,29 @@
+"""What a projection is: a named set of tables kept in step with the log by ``apply``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from sqlalchemy import Connection, Table
+
+from services.ports import RecordedEvent
+
+#: The tables a projection writes to, by their live name. During a rebuild the same code
+#: writes to shadow tables, so ``apply`` must address tables only through this mapping.
+Tables = Mapping[str, Table]
+
+
+class Projection(Protocol):
+    """A read model. ``apply`` runs inside the transaction that also moves the checkpoint."""
+
+    name: str
+    tables: Sequence[Table]
+
+    def apply(self, conn: Connection, tables: Tables, events: Sequence[RecordedEvent]) -> None:
+        """Apply a batch of events, in position order, to ``tables``."""
+        ...
+
+
+def live_tables(projection: Projection) -> dict[str, Table]:
+    return {t.name: t for t in projection.tables}

@@ -1,0 +1,71 @@
+"""Every table the service owns, in one MetaData. Alembic migrations are the only way they change.
+
+Names follow one convention so migrations get stable names on PostgreSQL and SQLite.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Uuid,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-numbers a column declared exactly INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+#: The append-only log. ``id`` is the insert order; ``position`` is the public feed order,
+#: assigned after commit (PostgreSQL: by the sequencer, below the transaction horizon;
+#: SQLite: at insert, since its single writer commits in insert order). PostgreSQL also has a
+#: ``tx_id xid8`` column (the writing transaction), created by the migration only.
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("position", BigInteger, nullable=True),
+    Column("event_id", Uuid, nullable=False),
+    Column("stream_id", Uuid, nullable=False),
+    Column("stream_type", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("event_type", String(128), nullable=False),
+    Column("schema_version", SmallInteger, nullable=False),
+    Column("data", Json, nullable=False),
+    Column("metadata", Json, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Index("uq_events_stream_id_version", "stream_id", "version", unique=True),
+    Index(
+        "uq_events_position",
+        "position",
+        unique=True,
+        postgresql_where="position IS NOT NULL",
+    ),
+)
+
+#: How far each projection has applied the log; written in the same transaction as its rows.
+projection_checkpoints = Table(
+    "projection_checkpoints",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

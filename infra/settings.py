@@ -1,0 +1,58 @@
+"""All configuration comes from the environment, with safe embedded defaults."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Settings read from environment variables (see API.md, "Operations")."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(default=Path("var"), alias="CONCORD_DATA_DIR")
+    database_url_env: str | None = Field(default=None, alias="DATABASE_URL")
+    redis_url: str | None = Field(default=None, alias="REDIS_URL")
+    smtp_url: str | None = Field(default=None, alias="SMTP_URL")
+    public_url_env: str | None = Field(default=None, alias="CONCORD_PUBLIC_URL")
+    host: str = Field(default="127.0.0.1", alias="HOST")
+    port: int = Field(default=8000, alias="PORT")
+    webhook_allow_hosts: str = Field(default="", alias="CONCORD_WEBHOOK_ALLOW_HOSTS")
+    #: How long a writer waits for its events to receive global positions.
+    sequence_timeout_s: float = Field(default=10.0, alias="CONCORD_SEQUENCE_TIMEOUT")
+    #: Largest request body the API accepts, in bytes.
+    max_body_bytes: int = Field(default=1_000_000, alias="CONCORD_MAX_BODY_BYTES")
+    log_format: str = Field(default="json", alias="CONCORD_LOG_FORMAT")
+    log_level: str = Field(default="INFO", alias="CONCORD_LOG_LEVEL")
+
+    @cached_property
+    def database_url(self) -> str:
+        """``DATABASE_URL``, or an SQLite file under the data dir (embedded mode)."""
+        if self.database_url_env:
+            return normalise_database_url(self.database_url_env)
+        return f"sqlite:///{(self.data_dir / 'concord.sqlite3').resolve()}"
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured: the API process runs the workers too."""
+        return not self.redis_url
+
+    @property
+    def public_url(self) -> str:
+        return (self.public_url_env or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept ``postgres://`` and ``postgresql://`` and use the psycopg 3 driver for them."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def get_settings() -> Settings:
+    return Settings()

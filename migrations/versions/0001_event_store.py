@@ -1,0 +1,124 @@
+"""The event store: events, projection checkpoints, the stream catalog and the sequencer.
+
+Revision ID: 0001
+Revises:
+Create Date: 2026-11-22
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision: str = "0001"
+down_revision: str | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+#: Advisory lock key held (briefly) by the one sequencer running at a time.
+SEQUENCER_LOCK = 0x434F_4E43_4F52
+
+SEQUENCER = f"""
+CREATE OR REPLACE FUNCTION concord_sequence_events(wanted bigint[]) RETURNS bigint[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    last_position bigint;
+    numbered bigint;
+BEGIN
+    -- Positions are a pure function of the committed log (numbering below the horizon, in
+    -- (tx_id, id) order, from the highest position), so a crash that loses this commit is
+    -- repaired by the next run giving the same events the same numbers. No need to wait
+    -- for the WAL flush here.
+    PERFORM set_config('synchronous_commit', 'off', true);
+    PERFORM pg_advisory_xact_lock({SEQUENCER_LOCK});
+    -- Each statement below takes a fresh snapshot, after the lock: it sees every commit
+    -- made before the previous sequencer finished.
+    SELECT COALESCE(max(position), 0) INTO last_position
+      FROM events WHERE position IS NOT NULL;
+    WITH todo AS (
+        SELECT id, row_number() OVER (ORDER BY tx_id, id) AS n
+          FROM events
+         WHERE position IS NULL
+           AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+    )
+    UPDATE events AS e SET position = last_position + todo.n
+      FROM todo WHERE e.id = todo.id;
+    GET DIAGNOSTICS numbered = ROW_COUNT;
+    IF numbered > 0 THEN
+        PERFORM pg_notify('concord_events', (last_position + numbered)::text);
+    END IF;
+    IF wanted IS NULL OR cardinality(wanted) = 0 THEN
+        RETURN ARRAY[]::bigint[];
+    END IF;
+    RETURN ARRAY(SELECT e.position FROM events e WHERE e.id = ANY(wanted) ORDER BY e.id);
+END
+$$;
+"""
+
+
+def upgrade() -> None:
+    json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+    op.create_table(
+        "events",
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+            autoincrement=True,
+        ),
+        sa.Column("position", sa.BigInteger(), nullable=True),
+        sa.Column("event_id", sa.Uuid(), nullable=False),
+        sa.Column("stream_id", sa.Uuid(), nullable=False),
+        sa.Column("stream_type", sa.String(64), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("event_type", sa.String(128), nullable=False),
+        sa.Column("schema_version", sa.SmallInteger(), nullable=False),
+        sa.Column("data", json, nullable=False),
+        sa.Column("metadata", json, nullable=False),
+        sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_events"),
+    )
+    op.create_index("uq_events_stream_id_version", "events", ["stream_id", "version"], unique=True)
+    op.create_index(
+        "uq_events_position", "events", ["position"], unique=True,
+        postgresql_where=sa.text("position IS NOT NULL"),
+    )
+    op.create_table(
+        "projection_checkpoints",
+        sa.Column("name", sa.String(64), nullable=False),
+        sa.Column("position", sa.BigInteger(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name", name="pk_projection_checkpoints"),
+    )
+    op.create_table(
+        "stream_catalog",
+        sa.Column("stream_id", sa.Uuid(), nullable=False),
+        sa.Column("stream_type", sa.String(64), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("first_position", sa.BigInteger(), nullable=False),
+        sa.Column("last_position", sa.BigInteger(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("stream_id", name="pk_stream_catalog"),
+    )
+    op.create_index(
+        "ix_stream_catalog_stream_type_last_position",
+        "stream_catalog",
+        ["stream_type", "last_position"],
+    )
+    if op.get_bind().dialect.name == "postgresql":
+        # The writing transaction, so the sequencer can number events below the horizon.
+        op.execute(
+            "ALTER TABLE events ADD COLUMN tx_id xid8 NOT NULL DEFAULT pg_current_xact_id()"
+        )
+        op.execute(
+            "CREATE INDEX ix_events_unsequenced ON events (tx_id, id) WHERE position IS NULL"
+        )
+        op.execute(SEQUENCER)
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION IF EXISTS concord_sequence_events(bigint[])")
+    op.drop_table("stream_catalog")
+    op.drop_table("projection_checkpoints")
+    op.drop_table("events")
