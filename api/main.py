@@ -1,0 +1,60 @@
+"""The HTTP application: ``create_app()`` is what uvicorn serves (``--factory``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import problems
+from api.middleware import BodyLimit, RequestContext
+from api.routers import events, health
+from infra.bootstrap import System, bootstrap
+from infra.logging import configure as configure_logging
+from infra.settings import get_settings
+
+DESCRIPTION = """
+Concord keeps an append-only log of everything that happens in civil-society consultations —
+planning, sign-ups, joint statements and endorsements — and builds current state from it.
+
+* Errors are [RFC 9457](https://www.rfc-editor.org/rfc/rfc9457) `application/problem+json`.
+* `GET /v1/events?after=N` pages through the log in global `position` order; a reader that
+  follows `next_after` never misses an event, even one whose transaction commits late.
+* Reads served from projections accept `X-Min-Position: N` and include event N (or answer 503).
+"""
+
+
+def create_app(system: System | None = None, *, background: bool = True) -> FastAPI:
+    """Build the FastAPI app; without ``system`` it bootstraps one from the environment."""
+    settings = system.settings if system is not None else get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own = system is None
+        running = system or bootstrap(settings)
+        app.state.system = running
+        if background:
+            running.start_background()
+        try:
+            yield
+        finally:
+            if own:
+                running.close()
+
+    if system is None:
+        configure_logging(settings.log_format, settings.log_level)
+    app = FastAPI(
+        title="Concord",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    if system is not None:
+        app.state.system = system
+    problems.install(app)
+    app.include_router(health.router)
+    app.include_router(events.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext)
+    return app

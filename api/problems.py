@@ -1,0 +1,144 @@
+"""RFC 9457 problem details: every error the API returns, mapped in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.errors import ConcurrencyError, DomainError
+
+PROBLEM = "application/problem+json"
+TYPE_BASE = "https://concord.example/problems/"
+log = structlog.get_logger("concord.api")
+
+
+class ProblemError(Exception):
+    """Raise from a route to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str | None = None,
+        *,
+        type_: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.type = type_ or title.lower().replace(" ", "-")
+        self.headers = headers
+        self.extra = extra
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str | None = None,
+    *,
+    type_: str | None = None,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + (type_ or title.lower().replace(" ", "-")),
+        "title": title,
+        "status": status,
+    }
+    if detail:
+        body["detail"] = detail
+    if instance:
+        body["instance"] = instance
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    406: "Not acceptable",
+    409: "Conflict",
+    412: "Precondition failed",
+    413: "Content too large",
+    415: "Unsupported media type",
+    422: "Validation failed",
+    429: "Too many requests",
+    503: "Service unavailable",
+}
+
+
+def install(app: FastAPI) -> None:
+    """Register the exception handlers that turn every error into problem+json."""
+
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError) -> Response:
+        return problem(
+            exc.status, exc.title, exc.detail, type_=exc.type, instance=request.url.path,
+            headers=exc.headers, **exc.extra,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        title = _TITLES.get(exc.status_code, "Error")
+        detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None
+        return problem(
+            exc.status_code, title, detail, instance=request.url.path,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        errors = [_field_error(e) for e in exc.errors()]
+        if any(e["type"] in ("json_invalid", "json_type") for e in errors):
+            return problem(
+                400, "Malformed JSON", "The request body is not valid JSON.",
+                type_="malformed-json", instance=request.url.path, errors=errors,
+            )
+        return problem(
+            422, "Validation failed", "One or more fields are invalid.",
+            type_="validation-failed", instance=request.url.path, errors=errors,
+        )
+
+    @app.exception_handler(ConcurrencyError)
+    async def _conflict(request: Request, exc: ConcurrencyError) -> Response:
+        return problem(
+            409, "Concurrent modification", str(exc), type_="concurrency-conflict",
+            instance=request.url.path, stream_id=str(exc.stream_id),
+            expected_version=exc.expected, actual_version=exc.actual,
+        )
+
+    @app.exception_handler(DomainError)
+    async def _domain(request: Request, exc: DomainError) -> Response:
+        return problem(
+            409, "Conflict", str(exc), type_=exc.code, instance=request.url.path
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", path=request.url.path)
+        return problem(
+            500, "Internal server error", "An unexpected error occurred; it has been logged.",
+            type_="internal", instance=request.url.path,
+        )
+
+
+def _field_error(error: Any) -> dict[str, Any]:
+    loc = [str(p) for p in error.get("loc", ())]
+    return {
+        "field": ".".join(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc),
+        "in": loc[0] if loc else None,
+        "message": error.get("msg"),
+        "type": error.get("type"),
+    }

@@ -1,0 +1,71 @@
+"""Wire the system once: database, event store, registry and projector.
+
+The API, the workers and the CLI all call :func:`bootstrap`; tests call it with their own
+settings, so every process is assembled the same way.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import structlog
+
+from infra.db import Database
+from infra.eventstore.store import SqlEventStore
+from infra.projections import all_projections
+from infra.projections.projector import Projector
+from infra.settings import Settings, get_settings
+from services.messages import EventRegistry
+
+log = structlog.get_logger("concord")
+
+
+@dataclass
+class System:
+    """Everything a process needs, built once."""
+
+    settings: Settings
+    db: Database
+    registry: EventRegistry
+    store: SqlEventStore
+    projector: Projector
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start_background(self) -> None:
+        """Run the sequencer fallback and projection catch-up in a daemon thread."""
+        thread = threading.Thread(
+            target=self.projector.run_forever,
+            args=(self._stop,),
+            kwargs={"on_error": _report},
+            name="concord-projector",
+            daemon=True,
+        )
+        thread.start()
+        self._threads.append(thread)
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads.clear()
+        self.db.dispose()
+
+
+def _report(exc: Exception) -> None:
+    log.error("background projector failed; retrying", error=repr(exc))
+
+
+def registry() -> EventRegistry:
+    """The registry of every domain event class (contexts register theirs here)."""
+    return EventRegistry()
+
+
+def bootstrap(settings: Settings | None = None) -> System:
+    settings = settings or get_settings()
+    db = Database(settings.database_url)
+    events = registry()
+    store = SqlEventStore(db, events, sequence_timeout_s=settings.sequence_timeout_s)
+    projector = Projector(db, store, all_projections())
+    return System(settings=settings, db=db, registry=events, store=store, projector=projector)

@@ -1,0 +1,129 @@
+"""``concord``: the one command-line front door (serve, migrate, projections, bench)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from infra.settings import get_settings
+
+app = typer.Typer(help="Concord: event-sourced consultations and joint statements.", no_args_is_help=True)
+projections_app = typer.Typer(help="Inspect and rebuild read models.", no_args_is_help=True)
+app.add_typer(projections_app, name="projections")
+err = Console(stderr=True)
+
+
+@app.command()
+def migrate(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Bring the database schema up to date (Alembic)."""
+    from infra.migrate import upgrade
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url, revision)
+    err.print(f"database at {_redacted(settings.database_url)} is at revision {revision}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface (env HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (env PORT).")] = None,
+    workers: Annotated[int, typer.Option(help="API processes (env WEB_CONCURRENCY).")] = 1,
+) -> None:
+    """Serve the HTTP API (and, in embedded mode, the background workers)."""
+    import uvicorn
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    uvicorn.run(
+        "api.main:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        log_config=None,
+        proxy_headers=True,
+    )
+
+
+@projections_app.command("status")
+def projections_status() -> None:
+    """Show each projection's checkpoint against the head of the log."""
+    from infra.bootstrap import bootstrap
+
+    system = bootstrap()
+    try:
+        head = system.store.head_position()
+        for name, position in system.projector.checkpoints().items():
+            typer.echo(f"{name}\t{position}\t(lag {head - position})")
+    finally:
+        system.close()
+
+
+@projections_app.command("rebuild")
+def projections_rebuild(
+    name: Annotated[str | None, typer.Argument(help="Projection to rebuild (default: all).")] = None,
+    batch_size: Annotated[int, typer.Option(min=100, max=100_000)] = 5000,
+) -> None:
+    """Rebuild projections from the whole log into fresh tables, then swap them in."""
+    from infra.bootstrap import bootstrap
+    from infra.projections.rebuild import rebuild
+
+    system = bootstrap()
+    try:
+        known = system.projector.projections
+        if name is not None and name not in known:
+            err.print(f"unknown projection {name!r}; known: {', '.join(sorted(known))}")
+            raise typer.Exit(2)
+        for projection in [known[name]] if name else list(known.values()):
+            with _progress() as progress:
+                task = progress.add_task(projection.name, total=None)
+
+                def report(done: int, head: int, task: int = task, p: Progress = progress) -> None:
+                    p.update(task, completed=done, total=head)
+
+                position = rebuild(
+                    system.db, system.store, projection, batch_size=batch_size, progress=report
+                )
+            err.print(f"{projection.name}: rebuilt up to position {position}")
+    finally:
+        system.close()
+
+
+@app.command()
+def bench(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object only.")] = False,
+    events: Annotated[int, typer.Option(help="Events per workload.")] = 2000,
+    out: Annotated[str, typer.Option(help="Directory for the JSON and the chart.")] = "var/bench",
+) -> None:
+    """Measure the event store against plain SQL and the eventsourcing library."""
+    from infra.bench import run_bench
+
+    result = run_bench(events=events, out_dir=out, quiet=as_json)
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    )
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def main() -> None:
+    app()
