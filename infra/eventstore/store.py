@@ -129,6 +129,22 @@ class SqlEventStore:
         meta: dict[str, Any],
         recorded_at: datetime,
     ) -> tuple[list[int], list[int]]:
+        with self.db.autocommit() as conn:
+            return self.insert_postgres(
+                conn, stream_id, stream_type, expected, events, meta, recorded_at
+            )
+
+    def insert_postgres(
+        self,
+        conn: Connection,
+        stream_id: UUID,
+        stream_type: str,
+        expected: int | None,
+        events: Sequence[NewEvent],
+        meta: dict[str, Any],
+        recorded_at: datetime,
+    ) -> tuple[list[int], list[int]]:
+        """The append statement on ``conn``; returns (insert ids, versions). No sequencing."""
         params = {
             "stream_id": stream_id,
             "stream_type": stream_type,
@@ -140,16 +156,15 @@ class SqlEventStore:
             "schema_versions": [e.schema_version for e in events],
             "datas": [orjson.dumps(e.data).decode() for e in events],
         }
-        with self.db.autocommit() as conn:
-            try:
-                rows = conn.execute(_PG_APPEND, params).all()
-            except IntegrityError as exc:
-                if _violates(exc, "uq_events_stream_id_version"):
-                    raise ConcurrencyError(stream_id, expected) from None
-                raise
-            if not rows:
-                actual = conn.execute(_STREAM_VERSION, {"stream_id": stream_id}).scalar_one()
-                raise ConcurrencyError(stream_id, expected, actual)
+        try:
+            rows = conn.execute(_PG_APPEND, params).all()
+        except IntegrityError as exc:
+            if _violates(exc, "uq_events_stream_id_version"):
+                raise ConcurrencyError(stream_id, expected) from None
+            raise
+        if not rows:
+            actual = conn.execute(_STREAM_VERSION, {"stream_id": stream_id}).scalar_one()
+            raise ConcurrencyError(stream_id, expected, actual)
         rows.sort(key=lambda r: r[1])
         return [r[0] for r in rows], [r[1] for r in rows]
 
