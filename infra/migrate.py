@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
+
+#: Objects that exist on purpose outside the SQLAlchemy models (PostgreSQL only): the writing
+#: transaction's id and the index the sequencer scans.
+UNMODELLED = {("events", "tx_id"), ("events", "ix_events_unsequenced")}
+
+
+def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    """Alembic autogenerate filter: ignore the deliberately unmodelled objects."""
+    table = getattr(getattr(obj, "table", None), "name", None)
+    return (table, name) not in UNMODELLED
+
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 

@@ -6,19 +6,11 @@ from alembic import context
 from sqlalchemy import Connection
 
 from infra.db import Database
+from infra.migrate import include_object
 from infra.schema import metadata
 from infra.settings import get_settings
 
 config = context.config
-
-# Columns and objects that exist on purpose outside the SQLAlchemy metadata (PostgreSQL only).
-_UNMODELLED = {("events", "tx_id"), ("events", "ix_events_unsequenced")}
-
-
-def include_object(obj, name, type_, reflected, compare_to):  # type: ignore[no-untyped-def]
-    table = getattr(getattr(obj, "table", None), "name", None)
-    return (table, name) not in _UNMODELLED
-
 
 def run(connection: Connection) -> None:
     context.configure(
