@@ -8,11 +8,20 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from infra.settings import get_settings
 
-app = typer.Typer(help="Concord: event-sourced consultations and joint statements.", no_args_is_help=True)
+app = typer.Typer(
+    help="Concord: event-sourced consultations and joint statements.", no_args_is_help=True
+)
 projections_app = typer.Typer(help="Inspect and rebuild read models.", no_args_is_help=True)
 app.add_typer(projections_app, name="projections")
 err = Console(stderr=True)
@@ -67,7 +76,9 @@ def projections_status() -> None:
 
 @projections_app.command("rebuild")
 def projections_rebuild(
-    name: Annotated[str | None, typer.Argument(help="Projection to rebuild (default: all).")] = None,
+    name: Annotated[
+        str | None, typer.Argument(help="Projection to rebuild (default: all).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=100, max=100_000)] = 5000,
 ) -> None:
     """Rebuild projections from the whole log into fresh tables, then swap them in."""
@@ -84,7 +95,7 @@ def projections_rebuild(
             with _progress() as progress:
                 task = progress.add_task(projection.name, total=None)
 
-                def report(done: int, head: int, task: int = task, p: Progress = progress) -> None:
+                def report(done: int, head: int, task: TaskID = task, p: Progress = progress) -> None:
                     p.update(task, completed=done, total=head)
 
                 position = rebuild(

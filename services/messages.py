@@ -187,7 +187,7 @@ class EventRegistry:
     def decode(self, record: RecordedEvent) -> DomainEvent:
         """The domain event a stored record holds (upcasting it first if needed)."""
         cls = self.event_class(record.type)
-        version, data = self.upcast(record.type, record.schema_version, record.data)
+        _, data = self.upcast(record.type, record.schema_version, record.data)
         decoded: DomainEvent = from_json(cls, data)
         return decoded
 

@@ -59,9 +59,7 @@ _PG_APPEND = text(
     """
 )
 _PG_SEQUENCE = text("SELECT concord_sequence_events(CAST(:ids AS bigint[]))")
-_STREAM_VERSION = text(
-    "SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = :stream_id"
-)
+_STREAM_VERSION = text("SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = :stream_id")
 _HEAD = text("SELECT COALESCE(max(position), 0) FROM events WHERE position IS NOT NULL")
 
 
@@ -89,11 +87,12 @@ class SqlEventStore:
         events: Sequence[NewEvent],
         metadata: Metadata | None = None,
     ) -> AppendResult:
-        """Append atomically; raise ConcurrencyError if the stream is not at the expected version."""
+        """Append atomically; a stream not at ``expected_version`` raises ConcurrencyError."""
         if not events:
             raise ValueError("append needs at least one event")
         meta = (metadata or Metadata()).as_dict()
         recorded_at = datetime.now(UTC)
+        positions: Sequence[int | None]
         if self.db.is_postgres:
             ids, versions = self._append_postgres(
                 stream_id, stream_type, expected_version, events, meta, recorded_at
@@ -157,7 +156,7 @@ class SqlEventStore:
             "datas": [orjson.dumps(e.data).decode() for e in events],
         }
         try:
-            rows = conn.execute(_PG_APPEND, params).all()
+            rows = sorted(conn.execute(_PG_APPEND, params).all(), key=lambda r: r[1])
         except IntegrityError as exc:
             if _violates(exc, "uq_events_stream_id_version"):
                 raise ConcurrencyError(stream_id, expected) from None
@@ -165,7 +164,6 @@ class SqlEventStore:
         if not rows:
             actual = conn.execute(_STREAM_VERSION, {"stream_id": stream_id}).scalar_one()
             raise ConcurrencyError(stream_id, expected, actual)
-        rows.sort(key=lambda r: r[1])
         return [r[0] for r in rows], [r[1] for r in rows]
 
     def _append_sqlite(
@@ -202,7 +200,7 @@ class SqlEventStore:
                 f"INSERT INTO events ({COLUMNS}) VALUES (:position, :event_id, :stream_id, "
                 ":stream_type, :version, :event_type, :schema_version, :data, :metadata, "
                 ":recorded_at)",
-                rows,  # type: ignore[arg-type]
+                rows,
             )
         return [r["version"] for r in rows], [r["position"] for r in rows]
 

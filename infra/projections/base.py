@@ -18,7 +18,11 @@ class Projection(Protocol):
     """A read model. ``apply`` runs inside the transaction that also moves the checkpoint."""
 
     name: str
-    tables: Sequence[Table]
+
+    @property
+    def tables(self) -> Sequence[Table]:
+        """The tables this projection owns (created by migrations)."""
+        ...
 
     def apply(self, conn: Connection, tables: Tables, events: Sequence[RecordedEvent]) -> None:
         """Apply a batch of events, in position order, to ``tables``."""

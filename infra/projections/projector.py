@@ -101,7 +101,7 @@ class Projector:
     def checkpoints(self, names: Sequence[str] | None = None) -> dict[str, int]:
         wanted = list(names or self.projections)
         with self.db.read() as conn:
-            rows = dict(
+            rows: dict[str, int] = dict(
                 conn.execute(text("SELECT name, position FROM projection_checkpoints")).all()
             )
         return {n: int(rows.get(n, 0)) for n in wanted}

@@ -17,9 +17,16 @@ PROBLEM = "application/problem+json"
 def seed(system: System) -> dict:
     a, b = uuid4(), uuid4()
     meta = Metadata(actor="organiser", api_key_id="k1", correlation_id="req-1")
-    system.store.append(a, "consultation", NO_STREAM,
-                        [NewEvent("consultation.planned", {"city": "Hà Nội"}),
-                         NewEvent("consultation.registration_opened", {})], meta)
+    system.store.append(
+        a,
+        "consultation",
+        NO_STREAM,
+        [
+            NewEvent("consultation.planned", {"city": "Hà Nội"}),
+            NewEvent("consultation.registration_opened", {}),
+        ],
+        meta,
+    )
     system.store.append(b, "organisation", NO_STREAM, [NewEvent("organisation.registered", {})])
     system.store.append(a, "consultation", 2, [NewEvent("consultation.completed", {})])
     return {"a": a, "b": b}
@@ -32,7 +39,9 @@ def test_health_and_readiness(client: TestClient) -> None:
     assert ready.json()["checks"]["database"]["ok"] is True
 
 
-def test_the_feed_pages_in_position_order_with_next_after(client: TestClient, system: System) -> None:
+def test_the_feed_pages_in_position_order_with_next_after(
+    client: TestClient, system: System
+) -> None:
     ids = seed(system)
     first = client.get("/v1/events", params={"limit": 3}).json()
     assert [e["position"] for e in first["data"]] == [1, 2, 3]
@@ -48,15 +57,20 @@ def test_the_feed_pages_in_position_order_with_next_after(client: TestClient, sy
     assert event["stream_id"] == str(ids["a"])
     assert event["type"] == "consultation.planned"
     assert event["data"] == {"city": "Hà Nội"}
-    assert event["metadata"] == {"actor": "organiser", "api_key_id": "k1",
-                                 "causation_id": None, "correlation_id": "req-1"}
+    assert event["metadata"] == {
+        "actor": "organiser",
+        "api_key_id": "k1",
+        "causation_id": None,
+        "correlation_id": "req-1",
+    }
     assert {"id", "stream_type", "version", "recorded_at", "schema_version"} <= event.keys()
 
 
 def test_the_feed_filters_by_type_and_stream_type(client: TestClient, system: System) -> None:
     seed(system)
-    types = client.get("/v1/events",
-                       params={"types": "consultation.planned,consultation.completed"}).json()
+    types = client.get(
+        "/v1/events", params={"types": "consultation.planned,consultation.completed"}
+    ).json()
     assert [e["position"] for e in types["data"]] == [1, 4]
     orgs = client.get("/v1/events", params={"stream_type": "organisation"}).json()
     assert [e["type"] for e in orgs["data"]] == ["organisation.registered"]
@@ -110,8 +124,13 @@ def test_a_projection_read_waits_for_x_min_position(
 
 
 def test_request_ids_are_echoed_or_made(client: TestClient) -> None:
-    assert client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"
-    made = client.get("/health", headers={"X-Request-ID": "bad id with spaces"}).headers["x-request-id"]
+    assert (
+        client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"]
+        == "abc-123"
+    )
+    made = client.get("/health", headers={"X-Request-ID": "bad id with spaces"}).headers[
+        "x-request-id"
+    ]
     assert made != "bad id with spaces" and len(made) == 36
 
 

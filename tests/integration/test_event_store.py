@@ -21,7 +21,9 @@ def ev(kind: str = "thing.happened", **data: object) -> NewEvent:
 
 
 class TestAppend:
-    def test_a_new_stream_starts_at_version_one_with_contiguous_positions(self, system: System) -> None:
+    def test_a_new_stream_starts_at_version_one_with_contiguous_positions(
+        self, system: System
+    ) -> None:
         sid = uuid4()
         result = system.store.append(sid, "consultation", NO_STREAM, [ev(n=1), ev(n=2), ev(n=3)])
         assert result.version == 3
@@ -30,7 +32,9 @@ class TestAppend:
         other = system.store.append(uuid4(), "organisation", NO_STREAM, [ev()])
         assert other.position == 4
 
-    def test_a_stale_expected_version_is_a_conflict_and_writes_nothing(self, system: System) -> None:
+    def test_a_stale_expected_version_is_a_conflict_and_writes_nothing(
+        self, system: System
+    ) -> None:
         sid = uuid4()
         system.store.append(sid, "consultation", NO_STREAM, [ev(), ev()])
         with pytest.raises(ConcurrencyError) as caught:
@@ -75,8 +79,12 @@ class TestAppend:
             "thai": "มหาวิทยาลัยมหิดล",
             "nested": {"list": [1, 2.5, None, True], "empty": {}},
         }
-        meta = Metadata(actor="organiser:ngo-coalition", api_key_id="key_123",
-                        causation_id="c-1", correlation_id="req-9")
+        meta = Metadata(
+            actor="organiser:ngo-coalition",
+            api_key_id="key_123",
+            causation_id="c-1",
+            correlation_id="req-9",
+        )
         written = system.store.append(sid, "consultation", NO_STREAM, [ev("x.y", **data)], meta)
         (read,) = system.store.read_stream(sid)
         assert read.data == data
@@ -92,7 +100,9 @@ class TestReading:
     @pytest.fixture
     def log(self, system: System) -> dict[str, object]:
         a, b = uuid4(), uuid4()
-        system.store.append(a, "consultation", NO_STREAM, [ev("consultation.planned"), ev("consultation.revised")])
+        system.store.append(
+            a, "consultation", NO_STREAM, [ev("consultation.planned"), ev("consultation.revised")]
+        )
         system.store.append(b, "organisation", NO_STREAM, [ev("organisation.registered")])
         system.store.append(a, "consultation", 2, [ev("consultation.cancelled")])
         return {"a": a, "b": b}
@@ -102,12 +112,18 @@ class TestReading:
         rest = system.store.read_all(first[-1].position or 0, 10)
         assert [e.position for e in first + rest] == [1, 2, 3, 4]
         assert [e.type for e in first + rest] == [
-            "consultation.planned", "consultation.revised", "organisation.registered",
+            "consultation.planned",
+            "consultation.revised",
+            "organisation.registered",
             "consultation.cancelled",
         ]
 
-    def test_read_all_filters_by_type_stream_type_and_stream(self, system: System, log: dict) -> None:
-        types = system.store.read_all(0, 10, types=["consultation.planned", "consultation.cancelled"])
+    def test_read_all_filters_by_type_stream_type_and_stream(
+        self, system: System, log: dict
+    ) -> None:
+        types = system.store.read_all(
+            0, 10, types=["consultation.planned", "consultation.cancelled"]
+        )
         assert [e.position for e in types] == [1, 4]
         orgs = system.store.read_all(0, 10, stream_type="organisation")
         assert [e.stream_id for e in orgs] == [log["b"]]
@@ -138,8 +154,12 @@ class TestReading:
 class TestUpcastingOnRead:
     def test_old_events_are_upgraded_when_read(self, system: System) -> None:
         sid = uuid4()
-        system.store.append(sid, "organisation", NO_STREAM,
-                            [NewEvent("organisation.registered", {"name": "SBMI"}, schema_version=1)])
+        system.store.append(
+            sid,
+            "organisation",
+            NO_STREAM,
+            [NewEvent("organisation.registered", {"name": "SBMI"}, schema_version=1)],
+        )
         registry = EventRegistry()
 
         @registry.register

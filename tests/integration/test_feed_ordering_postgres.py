@@ -54,7 +54,9 @@ def test_an_event_committed_behind_an_open_transaction_is_held_back_not_skipped(
     def hold() -> None:
         with pg.db.engine.connect() as conn:
             trans = conn.begin()
-            pg.store.insert_postgres(conn, uuid4(), "statement", NO_STREAM, [early], {}, datetime.now(UTC))
+            pg.store.insert_postgres(
+                conn, uuid4(), "statement", NO_STREAM, [early], {}, datetime.now(UTC)
+            )
             opened.set()
             time.sleep(0.6)
             trans.commit()
@@ -86,7 +88,9 @@ def test_a_tailing_reader_sees_every_committed_event_once_in_order(pg: System) -
         local = random.Random(seed)
         try:
             for _ in range(12):
-                events = [NewEvent("endorsed", {"i": local.random()}) for _ in range(local.randint(1, 3))]
+                events = [
+                    NewEvent("endorsed", {"i": local.random()}) for _ in range(local.randint(1, 3))
+                ]
                 roll = local.random()
                 if roll < 0.25:
                     slow_append(pg, uuid4(), events, hold_s=local.uniform(0.05, 0.3))
@@ -144,7 +148,9 @@ def test_a_tailing_reader_sees_every_committed_event_once_in_order(pg: System) -
     assert rolled_back, "the scenario exercised rollbacks"
     with pg.db.read() as conn:
         total = conn.execute(text("SELECT count(*) FROM events")).scalar_one()
-        unsequenced = conn.execute(text("SELECT count(*) FROM events WHERE position IS NULL")).scalar_one()
+        unsequenced = conn.execute(
+            text("SELECT count(*) FROM events WHERE position IS NULL")
+        ).scalar_one()
     assert total == len(committed)
     assert unsequenced == 0
 
@@ -152,7 +158,7 @@ def test_a_tailing_reader_sees_every_committed_event_once_in_order(pg: System) -
 def test_a_failed_multi_event_append_writes_nothing(pg: System) -> None:
     sid = uuid4()
     bad = [NewEvent("ok", {"n": 1}), NewEvent("bad", {"text": "nul \u0000 byte"})]
-    with pytest.raises(Exception, match="unsupported Unicode escape|\\\\u0000"):
+    with pytest.raises(Exception, match=r"unsupported Unicode escape|\\u0000"):
         pg.store.append(sid, "statement", NO_STREAM, bad)
     assert pg.store.read_stream(sid) == []
     pg.store.append(sid, "statement", NO_STREAM, [NewEvent("ok", {"n": 1})])
@@ -162,8 +168,9 @@ def test_a_failed_multi_event_append_writes_nothing(pg: System) -> None:
 def test_the_background_sequencer_numbers_events_of_a_writer_that_died(pg: System) -> None:
     """A writer that commits but never runs the sequencer (crash) loses nothing."""
     with pg.db.autocommit() as conn:
-        pg.store.insert_postgres(conn, uuid4(), "statement", NO_STREAM,
-                                 [NewEvent("orphan", {})], {}, datetime.now(UTC))
+        pg.store.insert_postgres(
+            conn, uuid4(), "statement", NO_STREAM, [NewEvent("orphan", {})], {}, datetime.now(UTC)
+        )
     assert pg.store.read_all() == []
     stop = threading.Event()
     loop = threading.Thread(target=pg.projector.run_forever, args=(stop,), kwargs={"idle_s": 0.01})

@@ -25,7 +25,9 @@ from services.ports import NO_STREAM, NewEvent, RecordedEvent
 def write(system: System, streams: int, events_each: int) -> None:
     for _ in range(streams):
         system.store.append(
-            uuid4(), "consultation", NO_STREAM,
+            uuid4(),
+            "consultation",
+            NO_STREAM,
             [NewEvent("consultation.changed", {"n": i}) for i in range(events_each)],
         )
 
@@ -34,8 +36,11 @@ def catalog_rows(system: System) -> list[tuple]:
     with system.db.read() as conn:
         rows = conn.execute(
             select(
-                stream_catalog.c.stream_id, stream_catalog.c.stream_type, stream_catalog.c.version,
-                stream_catalog.c.first_position, stream_catalog.c.last_position,
+                stream_catalog.c.stream_id,
+                stream_catalog.c.stream_type,
+                stream_catalog.c.version,
+                stream_catalog.c.first_position,
+                stream_catalog.c.last_position,
             ).order_by(stream_catalog.c.first_position)
         ).all()
     return [tuple(r) for r in rows]
@@ -99,8 +104,13 @@ def test_rebuild_reproduces_the_live_projection_and_swaps_it_in(system: System) 
     with system.db.write() as conn:  # damage the live table: the rebuild must repair it
         conn.execute(stream_catalog.delete().where(stream_catalog.c.first_position < 40))
     seen: list[tuple[int, int]] = []
-    position = rebuild(system.db, system.store, StreamCatalog(), batch_size=25,
-                       progress=lambda done, head: seen.append((done, head)))
+    position = rebuild(
+        system.db,
+        system.store,
+        StreamCatalog(),
+        batch_size=25,
+        progress=lambda done, head: seen.append((done, head)),
+    )
     assert position == 120
     assert catalog_rows(system) == live
     assert seen[-1] == (120, 120)
@@ -115,11 +125,15 @@ def test_after_a_rebuild_the_schema_still_matches_the_migrations(system: System)
     assert schema_drift(system) == []
     with system.db.read() as conn:
         leftovers = [
-            n for n in (
+            n
+            for n in (
                 conn.execute(text("SELECT name FROM sqlite_master WHERE type='table'")).scalars()
-                if system.db.is_sqlite else
-                conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname='public'")).scalars()
-            ) if n.endswith("__rebuild")
+                if system.db.is_sqlite
+                else conn.execute(
+                    text("SELECT tablename FROM pg_tables WHERE schemaname='public'")
+                ).scalars()
+            )
+            if n.endswith("__rebuild")
         ]
     assert leftovers == []
 

@@ -55,8 +55,15 @@ def test_round_trip_keeps_types_and_diacritics() -> None:
         "$personal": {"subject": str(person), "value": "Hà Thị Minh Đức"}
     }
     record = RecordedEvent(
-        id=new.id, stream_id=uuid4(), stream_type="consultation", version=1, position=1,
-        type=new.type, schema_version=1, data=dict(new.data), metadata={},
+        id=new.id,
+        stream_id=uuid4(),
+        stream_type="consultation",
+        version=1,
+        position=1,
+        type=new.type,
+        schema_version=1,
+        data=dict(new.data),
+        metadata={},
         recorded_at=datetime.now(UTC),
     )
     assert registry.decode(record) == event
@@ -64,8 +71,13 @@ def test_round_trip_keeps_types_and_diacritics() -> None:
 
 def test_personal_markers_are_found_wherever_they_sit() -> None:
     a, b = uuid4(), uuid4()
-    data = to_json({"people": [Personal(a, {"name": "Đức", "email": "d@example.org"})],
-                    "nested": {"x": Personal(b, "ภาษาไทย")}, "plain": "public"})
+    data = to_json(
+        {
+            "people": [Personal(a, {"name": "Đức", "email": "d@example.org"})],
+            "nested": {"x": Personal(b, "ภาษาไทย")},
+            "plain": "public",
+        }
+    )
     subjects = sorted(m["subject"] for m in iter_personal(data))
     assert subjects == sorted([str(a), str(b)])
 
@@ -97,16 +109,26 @@ def test_old_schema_versions_are_upcast_on_decode() -> None:
         data["kind"] = data.pop("category")
         return data
 
-    version, data = registry.upcast("organisation.registered", 1, {"name": "SBMI", "category": "ngo"})
+    version, data = registry.upcast(
+        "organisation.registered", 1, {"name": "SBMI", "category": "ngo"}
+    )
     assert version == 3
     assert data == {"name": "SBMI", "country": "ID", "kind": "ngo"}
     record = RecordedEvent(
-        id=uuid4(), stream_id=uuid4(), stream_type="organisation", version=1, position=1,
-        type="organisation.registered", schema_version=2,
-        data={"name": "SBMI", "country": "ID", "category": "union"}, metadata={},
+        id=uuid4(),
+        stream_id=uuid4(),
+        stream_type="organisation",
+        version=1,
+        position=1,
+        type="organisation.registered",
+        schema_version=2,
+        data={"name": "SBMI", "country": "ID", "category": "union"},
+        metadata={},
         recorded_at=datetime.now(UTC),
     )
-    assert registry.decode(record) == OrganisationRegistered(name="SBMI", country="ID", kind="union")
+    assert registry.decode(record) == OrganisationRegistered(
+        name="SBMI", country="ID", kind="union"
+    )
 
 
 def test_a_missing_upcaster_is_a_clear_error() -> None:
@@ -119,7 +141,7 @@ def test_a_missing_upcaster_is_a_clear_error() -> None:
         schema_version = 2
         x: int
 
-    with pytest.raises(UnknownEventType, match="no upcaster for thing.happened v1"):
+    with pytest.raises(UnknownEventType, match=r"no upcaster for thing\.happened v1"):
         registry.upcast("thing.happened", 1, {"x": 1})
 
 
