@@ -65,7 +65,9 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise HTTPException(413, f"Request bodies are limited to {self.max_bytes} bytes.")
+                    raise HTTPException(
+                        413, f"Request bodies are limited to {self.max_bytes} bytes."
+                    )
             return message
 
         await self.app(scope, limited_receive, send)

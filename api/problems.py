@@ -85,8 +85,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> Response:
         return problem(
-            exc.status, exc.title, exc.detail, type_=exc.type, instance=request.url.path,
-            headers=exc.headers, **exc.extra,
+            exc.status,
+            exc.title,
+            exc.detail,
+            type_=exc.type,
+            instance=request.url.path,
+            headers=exc.headers,
+            **exc.extra,
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -94,7 +99,10 @@ def install(app: FastAPI) -> None:
         title = _TITLES.get(exc.status_code, "Error")
         detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None
         return problem(
-            exc.status_code, title, detail, instance=request.url.path,
+            exc.status_code,
+            title,
+            detail,
+            instance=request.url.path,
             headers=getattr(exc, "headers", None),
         )
 
@@ -103,41 +111,57 @@ def install(app: FastAPI) -> None:
         errors = [_field_error(e) for e in exc.errors()]
         if any(e["type"] in ("json_invalid", "json_type") for e in errors):
             return problem(
-                400, "Malformed JSON", "The request body is not valid JSON.",
-                type_="malformed-json", instance=request.url.path, errors=errors,
+                400,
+                "Malformed JSON",
+                "The request body is not valid JSON.",
+                type_="malformed-json",
+                instance=request.url.path,
+                errors=errors,
             )
         return problem(
-            422, "Validation failed", "One or more fields are invalid.",
-            type_="validation-failed", instance=request.url.path, errors=errors,
+            422,
+            "Validation failed",
+            "One or more fields are invalid.",
+            type_="validation-failed",
+            instance=request.url.path,
+            errors=errors,
         )
 
     @app.exception_handler(ConcurrencyError)
     async def _conflict(request: Request, exc: ConcurrencyError) -> Response:
         return problem(
-            409, "Concurrent modification", str(exc), type_="concurrency-conflict",
-            instance=request.url.path, stream_id=str(exc.stream_id),
-            expected_version=exc.expected, actual_version=exc.actual,
+            409,
+            "Concurrent modification",
+            str(exc),
+            type_="concurrency-conflict",
+            instance=request.url.path,
+            stream_id=str(exc.stream_id),
+            expected_version=exc.expected,
+            actual_version=exc.actual,
         )
 
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> Response:
-        return problem(
-            409, "Conflict", str(exc), type_=exc.code, instance=request.url.path
-        )
+        return problem(409, "Conflict", str(exc), type_=exc.code, instance=request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", path=request.url.path)
         return problem(
-            500, "Internal server error", "An unexpected error occurred; it has been logged.",
-            type_="internal", instance=request.url.path,
+            500,
+            "Internal server error",
+            "An unexpected error occurred; it has been logged.",
+            type_="internal",
+            instance=request.url.path,
         )
 
 
 def _field_error(error: Any) -> dict[str, Any]:
     loc = [str(p) for p in error.get("loc", ())]
     return {
-        "field": ".".join(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc),
+        "field": ".".join(
+            loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc
+        ),
         "in": loc[0] if loc else None,
         "message": error.get("msg"),
         "type": error.get("type"),

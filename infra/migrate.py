@@ -13,7 +13,9 @@ from alembic.config import Config
 UNMODELLED = {("events", "tx_id"), ("events", "ix_events_unsequenced")}
 
 
-def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
     """Alembic autogenerate filter: ignore the deliberately unmodelled objects."""
     table = getattr(getattr(obj, "table", None), "name", None)
     return (table, name) not in UNMODELLED

@@ -12,6 +12,7 @@ from infra.settings import get_settings
 
 config = context.config
 
+
 def run(connection: Connection) -> None:
     context.configure(
         connection=connection,

@@ -39,7 +39,9 @@ def postgres() -> Availability:
         with psycopg.connect(plain, connect_timeout=3) as conn:
             conn.execute("SELECT 1")
     except Exception as exc:
-        return Availability(False, f"PostgreSQL at DATABASE_URL is unreachable ({exc.__class__.__name__})")
+        return Availability(
+            False, f"PostgreSQL at DATABASE_URL is unreachable ({exc.__class__.__name__})"
+        )
     return Availability(True, "PostgreSQL reachable")
 
 

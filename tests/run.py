@@ -19,7 +19,9 @@ def main() -> int:
         else:
             print(f"  {name:<11}: SKIPPED — {avail.reason}; tests that need it are skipped")
     if not (pg.ok and rd.ok):
-        print("  (CI runs .ci/run, which provides both; set DATABASE_URL/REDIS_URL to run them here)")
+        print(
+            "  (CI runs .ci/run, which provides both; set DATABASE_URL/REDIS_URL to run them here)"
+        )
     sys.stdout.flush()
     return pytest.main(sys.argv[1:])
 

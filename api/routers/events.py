@@ -107,9 +107,11 @@ async def stream_summary(stream_id: UUID, system: SystemDep, _principal: Princip
 
     def load() -> Any:
         with system.db.read() as conn:
-            return conn.execute(
-                stream_catalog.select().where(stream_catalog.c.stream_id == stream_id)
-            ).mappings().first()
+            return (
+                conn.execute(stream_catalog.select().where(stream_catalog.c.stream_id == stream_id))
+                .mappings()
+                .first()
+            )
 
     row = await run_in_threadpool(load)
     if row is None:

@@ -39,7 +39,11 @@ def _checks(system: System) -> dict[str, Any]:
             conn.execute(text("SELECT 1"))
         checks["database"] = {"ok": True, "backend": system.db.dialect}
     except Exception as exc:
-        checks["database"] = {"ok": False, "backend": system.db.dialect, "error": type(exc).__name__}
+        checks["database"] = {
+            "ok": False,
+            "backend": system.db.dialect,
+            "error": type(exc).__name__,
+        }
     redis_url = system.settings.redis_url
     if redis_url:
         try:

@@ -62,7 +62,9 @@ def upgrade() -> None:
     op.create_table(
         "events",
         sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
             autoincrement=True,
         ),
         sa.Column("position", sa.BigInteger(), nullable=True),
@@ -79,7 +81,10 @@ def upgrade() -> None:
     )
     op.create_index("uq_events_stream_id_version", "events", ["stream_id", "version"], unique=True)
     op.create_index(
-        "uq_events_position", "events", ["position"], unique=True,
+        "uq_events_position",
+        "events",
+        ["position"],
+        unique=True,
         postgresql_where=sa.text("position IS NOT NULL"),
     )
     op.create_table(
@@ -107,9 +112,7 @@ def upgrade() -> None:
     )
     if op.get_bind().dialect.name == "postgresql":
         # The writing transaction, so the sequencer can number events below the horizon.
-        op.execute(
-            "ALTER TABLE events ADD COLUMN tx_id xid8 NOT NULL DEFAULT pg_current_xact_id()"
-        )
+        op.execute("ALTER TABLE events ADD COLUMN tx_id xid8 NOT NULL DEFAULT pg_current_xact_id()")
         op.execute(
             "CREATE INDEX ix_events_unsequenced ON events (tx_id, id) WHERE position IS NULL"
         )
