@@ -25,8 +25,12 @@ planning, sign-ups, joint statements and endorsements — and builds current sta
 """
 
 
-def create_app(system: System | None = None, *, background: bool = True) -> FastAPI:
-    """Build the FastAPI app; without ``system`` it bootstraps one from the environment."""
+def create_app(system: System | None = None, *, background: bool = False) -> FastAPI:
+    """Build the FastAPI app; without ``system`` it bootstraps one from the environment.
+
+    Projections catch up in the worker (``concord worker``); ``background=True`` runs that
+    loop in this process instead (handy for a single-process deployment or a test).
+    """
     settings = system.settings if system is not None else get_settings()
 
     @asynccontextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from typing import Annotated
 
@@ -44,20 +45,67 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (env PORT).")] = None,
     workers: Annotated[int, typer.Option(help="API processes (env WEB_CONCURRENCY).")] = 1,
 ) -> None:
-    """Serve the HTTP API (and, in embedded mode, the background workers)."""
+    """Serve the HTTP API (and, in embedded mode, the worker and the scheduler)."""
     import uvicorn
+
+    from infra.supervise import Supervisor
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    uvicorn.run(
-        "api.main:create_app",
-        factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers,
-        log_config=None,
-        proxy_headers=True,
-    )
+    children = Supervisor()
+    # uvicorn restores the previous SIGTERM handler and re-raises the signal after a graceful
+    # shutdown; make that an exit that runs the ``finally`` below, so children stop with us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if settings.embedded:
+        # No external broker: this one command runs the whole system.
+        children.start("worker", [sys.executable, "-m", "infra.cli", "worker"])
+        children.start("scheduler", [sys.executable, "-m", "infra.cli", "scheduler"])
+    try:
+        uvicorn.run(
+            "api.main:create_app",
+            factory=True,
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=workers,
+            log_config=None,
+            proxy_headers=True,
+        )
+    finally:
+        children.stop()
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option(help="Worker processes (default: one per core; 1 embedded).")
+    ] = None,
+) -> None:
+    """Run a Celery worker (it also keeps the projections caught up)."""
+    settings = get_settings()
+    argv = ["worker", "--queues", "concord", "--loglevel", settings.log_level]
+    if settings.embedded:
+        # The embedded SQLite broker is polled by one process; prefork gains nothing there.
+        argv += ["--pool", "solo"]
+    elif concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    _celery(argv)
+
+
+@app.command()
+def scheduler() -> None:
+    """Run the Celery beat scheduler (periodic ticks; due times live in the database)."""
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    schedule = settings.data_dir.resolve() / "celerybeat-schedule"
+    _celery(["beat", "--schedule", str(schedule), "--loglevel", settings.log_level])
+
+
+def _celery(argv: list[str]) -> None:
+    """Replace this process with Celery, started by import string (no import arrow to workers)."""
+    import os
+
+    command = [sys.executable, "-m", "celery", "--app", "workers.celery_app:app", *argv]
+    os.execv(sys.executable, command)
 
 
 @projections_app.command("status")
@@ -95,7 +143,9 @@ def projections_rebuild(
             with _progress() as progress:
                 task = progress.add_task(projection.name, total=None)
 
-                def report(done: int, head: int, task: TaskID = task, p: Progress = progress) -> None:
+                def report(
+                    done: int, head: int, task: TaskID = task, p: Progress = progress
+                ) -> None:
                     p.update(task, completed=done, total=head)
 
                 position = rebuild(
@@ -138,3 +188,7 @@ def _redacted(url: str) -> str:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

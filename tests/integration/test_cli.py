@@ -1,0 +1,110 @@
+"""The ``concord`` command line, as an operator uses it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from uuid import uuid4
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from infra.bootstrap import bootstrap
+from infra.cli import app
+from infra.settings import Settings
+from services.ports import NO_STREAM, NewEvent
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def embedded_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    env = {"CONCORD_DATA_DIR": str(tmp_path / "var"), "CONCORD_LOG_FORMAT": "console"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    return env
+
+
+def test_migrate_then_rebuild_with_progress(embedded_env: dict[str, str]) -> None:
+    runner = CliRunner()
+    migrated = runner.invoke(app, ["migrate"])
+    assert migrated.exit_code == 0, migrated.output
+    assert (Path(embedded_env["CONCORD_DATA_DIR"]) / "concord.sqlite3").exists()
+    system = bootstrap(Settings())
+    for _ in range(5):
+        system.store.append(uuid4(), "consultation", NO_STREAM, [NewEvent("x.happened", {})])
+    system.close()
+    rebuilt = runner.invoke(
+        app, ["projections", "rebuild", "stream_catalog", "--batch-size", "100"]
+    )
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "stream_catalog: rebuilt up to position 5" in rebuilt.output
+    status = runner.invoke(app, ["projections", "status"])
+    assert "stream_catalog\t5\t(lag 0)" in status.output
+    unknown = runner.invoke(app, ["projections", "rebuild", "nope"])
+    assert unknown.exit_code == 2
+    assert "unknown projection 'nope'" in unknown.output
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_in_embedded_mode_runs_api_worker_and_scheduler(embedded_env: dict[str, str]) -> None:
+    """What ``make run`` starts: one command, no external server, projections kept current."""
+    env = {**os.environ, **embedded_env}
+    env.pop("DATABASE_URL", None)
+    env.pop("REDIS_URL", None)
+    subprocess.run(
+        [sys.executable, "-m", "infra.cli", "migrate"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "infra.cli", "serve", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        else:
+            pytest.fail("the server did not become ready")
+        system = bootstrap(Settings())
+        stream = uuid4()
+        system.store.append(stream, "consultation", NO_STREAM, [NewEvent("x.happened", {})])
+        # Nobody asks the API to catch up: the embedded worker's projector loop does it.
+        deadline = time.monotonic() + 30
+        while system.projector.checkpoints()["stream_catalog"] < 1:
+            assert time.monotonic() < deadline, "the embedded worker never caught up"
+            time.sleep(0.2)
+        system.close()
+        summary = httpx.get(f"{base}/v1/streams/{stream}", timeout=5)
+        assert summary.status_code == 200
+        assert summary.json()["stream_type"] == "consultation"
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=60)[0].decode(errors="replace")
+    assert "celery@" in output, output[-3000:]
+    assert server.returncode is not None

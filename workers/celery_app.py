@@ -1,0 +1,99 @@
+"""The Celery application: Redis when ``REDIS_URL`` is set, else an embedded SQLite broker.
+
+Settings that matter for never losing work (see STANDARDS.md and celery #1628, #3541, #2856):
+
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a task is acknowledged only once it has
+  run, and a worker killed mid-task gives it back to the queue instead of dropping it.
+* ``worker_prefetch_multiplier = 1``: a worker holds one message at a time, so a crash strands
+  at most one and long tasks do not queue up behind each other.
+* ``worker_cancel_long_running_tasks_on_connection_loss``: after a broker reconnect a late-ack
+  task would be redelivered *and* keep running; cancelling it avoids running it twice at once.
+* No ETA or countdown longer than the broker's visibility timeout: due times live in the
+  database and the scheduler scans for them.
+
+The worker's main process also runs the projector loop: it numbers stragglers (the
+sequencer's fallback) and keeps every projection caught up with the log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from celery import Celery, signals
+
+from infra.bootstrap import System, bootstrap
+from infra.logging import configure as configure_logging
+from infra.settings import Settings, get_settings
+
+log = structlog.get_logger("concord.worker")
+QUEUE = "concord"
+
+
+def broker_urls(settings: Settings) -> tuple[str, str]:
+    """(broker, result backend) for this environment."""
+    if settings.redis_url:
+        return settings.redis_url, settings.redis_url
+    data = settings.data_dir.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    return f"sqla+sqlite:///{data / 'broker.sqlite3'}", f"db+sqlite:///{data / 'results.sqlite3'}"
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    broker, backend = broker_urls(settings)
+    celery = Celery("concord", broker=broker, backend=backend, include=["workers.tasks"])
+    celery.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=QUEUE,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_expires=24 * 3600,
+        timezone="UTC",
+        enable_utc=True,
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            # Fallback for writers that died between commit and sequencing.
+            "events.sequence": {"task": "events.sequence", "schedule": 5.0},
+        },
+    )
+    if settings.redis_url:
+        celery.conf.broker_transport_options = {"visibility_timeout": 3600}
+    return celery
+
+
+app = make_app()
+_system: System | None = None
+
+
+def system() -> System:
+    """This process's wiring, built on first use (after any fork)."""
+    global _system
+    if _system is None:
+        _system = bootstrap()
+    return _system
+
+
+@signals.setup_logging.connect
+def _logging(**_: Any) -> None:
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+
+
+@signals.worker_ready.connect
+def _start_projector(**_: Any) -> None:
+    system().start_background()
+    log.info("projector loop started")
+
+
+@signals.worker_shutdown.connect
+def _stop_projector(**_: Any) -> None:
+    global _system
+    if _system is not None:
+        _system.close()
+        _system = None

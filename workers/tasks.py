@@ -1,0 +1,17 @@
+"""Celery tasks: thin wrappers that take ids, re-read state and are safe to run twice."""
+
+from __future__ import annotations
+
+from workers.celery_app import QUEUE, app, system
+
+
+@app.task(name="events.sequence", queue=QUEUE, ignore_result=True)
+def sequence_events() -> int:
+    """Number committed events that still lack a position; returns the head position."""
+    return system().store.sequence_pending()
+
+
+@app.task(name="projections.catch_up", queue=QUEUE)
+def catch_up_projections(until: int | None = None) -> int:
+    """Apply the log to every projection; returns the number of events applied."""
+    return system().projector.catch_up(until=until)
