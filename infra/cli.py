@@ -105,7 +105,7 @@ def _celery(argv: list[str]) -> None:
     import os
 
     command = [sys.executable, "-m", "celery", "--app", "workers.celery_app:app", *argv]
-    os.execv(sys.executable, command)
+    os.execv(sys.executable, command)  # noqa: S606
 
 
 @projections_app.command("status")
