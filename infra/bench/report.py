@@ -26,12 +26,13 @@ def print_table(result: dict[str, Any], console: Console) -> None:
         title=f"concord bench — {result['backend']}, {result['events']:,} events per workload",
         title_justify="left",
         box=box.SIMPLE_HEAD,
+        pad_edge=False,
     )
     table.add_column("workload", no_wrap=True)
     for header in ("ours/s", "plain/s", "es/s", "÷plain", "÷es"):
         table.add_column(header, justify="right", no_wrap=True)
-    table.add_column("target")
-    table.add_column("met", justify="center")
+    table.add_column("target", no_wrap=True)
+    table.add_column("met", justify="center", no_wrap=True)
     footnotes: list[str] = []
     for w in result["workloads"]:
         target = w["target"]
