@@ -12,6 +12,7 @@ from api.middleware import BodyLimit, RequestContext
 from api.routers import events, health
 from infra.bootstrap import System, bootstrap
 from infra.logging import configure as configure_logging
+from infra.runtime import tune_gc
 from infra.settings import get_settings
 
 DESCRIPTION = """
@@ -48,6 +49,7 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
 
     if system is None:
         configure_logging(settings.log_format, settings.log_level)
+        tune_gc()
     app = FastAPI(
         title="Concord",
         version="0.1.0",

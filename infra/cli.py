@@ -18,6 +18,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from infra.runtime import tune_gc
 from infra.settings import get_settings
 
 app = typer.Typer(
@@ -210,6 +211,7 @@ def _redacted(url: str) -> str:
 
 
 def main() -> None:
+    tune_gc()
     app()
 
 

@@ -45,7 +45,9 @@ class Database:
             from psycopg.types.json import set_json_loads
 
             set_json_loads(orjson.loads)
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            # No pre-ping round trip per checkout: a dropped connection fails once and is then
+            # invalidated together with the rest of the pool (SQLAlchemy's disconnect handling).
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine)

@@ -24,6 +24,7 @@ from celery import Celery, signals
 
 from infra.bootstrap import System, bootstrap
 from infra.logging import configure as configure_logging
+from infra.runtime import tune_gc
 from infra.settings import Settings, get_settings
 
 log = structlog.get_logger("concord.worker")
@@ -67,6 +68,7 @@ def make_app(settings: Settings | None = None) -> Celery:
     return celery
 
 
+tune_gc()
 app = make_app()
 _system: System | None = None
 

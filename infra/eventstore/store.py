@@ -23,15 +23,18 @@ Positions (SQLite)
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import orjson
+import psycopg
 from sqlalchemy import Connection, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError
 
 from infra.db import Database
 from services.errors import ConcurrencyError
@@ -43,24 +46,29 @@ COLUMNS = (
     "data, metadata, recorded_at"
 )
 
-_PG_APPEND = text(
-    """
+# The append, as one statement sent straight to psycopg (no SQL compilation per call): the
+# rows go in only if the stream is at the expected version; a racing writer hits the unique
+# key (stream_id, version).
+_PG_APPEND = """
     INSERT INTO events (event_id, stream_id, stream_type, version, event_type, schema_version,
                         data, metadata, recorded_at)
-    SELECT v.event_id, :stream_id, :stream_type, cur.version + v.ord, v.event_type,
-           v.schema_version, v.data, CAST(:metadata AS jsonb), :recorded_at
-    FROM unnest(CAST(:event_ids AS uuid[]), CAST(:types AS text[]),
-                CAST(:schema_versions AS smallint[]), CAST(:datas AS jsonb[]))
+    SELECT v.event_id, %(stream_id)s, %(stream_type)s, cur.version + v.ord, v.event_type,
+           v.schema_version, v.data, %(metadata)s::jsonb, %(recorded_at)s
+    FROM unnest(%(event_ids)s::uuid[], %(types)s::text[], %(schema_versions)s::smallint[],
+                %(datas)s::jsonb[])
          WITH ORDINALITY AS v(event_id, event_type, schema_version, data, ord)
     CROSS JOIN (SELECT COALESCE(max(version), 0) AS version
-                FROM events WHERE stream_id = :stream_id) AS cur
-    WHERE CAST(:expected AS integer) IS NULL OR cur.version = CAST(:expected AS integer)
+                FROM events WHERE stream_id = %(stream_id)s) AS cur
+    WHERE %(expected)s::integer IS NULL OR cur.version = %(expected)s::integer
     RETURNING id, version
-    """
+"""
+_PG_SEQUENCE = (
+    "SELECT concord_sequence_events(%(stream_id)s::uuid, %(first)s::integer, %(last)s::integer)"
 )
-_PG_SEQUENCE = text("SELECT concord_sequence_events(CAST(:ids AS bigint[]))")
+_PG_STREAM_VERSION = "SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = %(stream_id)s"
 _STREAM_VERSION = text("SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = :stream_id")
-_HEAD = text("SELECT COALESCE(max(position), 0) FROM events WHERE position IS NOT NULL")
+_HEAD_SQL = "SELECT COALESCE(max(position), 0) FROM events WHERE position IS NOT NULL"
+_HEAD = text(_HEAD_SQL)
 
 
 class SqlEventStore:
@@ -94,10 +102,9 @@ class SqlEventStore:
         recorded_at = datetime.now(UTC)
         positions: Sequence[int | None]
         if self.db.is_postgres:
-            ids, versions = self._append_postgres(
+            versions, positions = self._append_postgres(
                 stream_id, stream_type, expected_version, events, meta, recorded_at
             )
-            positions = self._sequence(ids)
         else:
             versions, positions = self._append_sqlite(
                 stream_id, stream_type, expected_version, events, meta, recorded_at
@@ -127,11 +134,39 @@ class SqlEventStore:
         events: Sequence[NewEvent],
         meta: dict[str, Any],
         recorded_at: datetime,
-    ) -> tuple[list[int], list[int]]:
+    ) -> tuple[list[int], list[int | None]]:
+        # One connection for the append and its sequencing: one pool checkout per call.
         with self.db.autocommit() as conn:
-            return self.insert_postgres(
-                conn, stream_id, stream_type, expected, events, meta, recorded_at
-            )
+            if expected is None:
+                _, versions = self.insert_postgres(
+                    conn, stream_id, stream_type, expected, events, meta, recorded_at
+                )
+                return versions, self._sequence(conn, stream_id, versions[0], versions[-1])
+            # The versions are known in advance, so the sequencing step can follow the append
+            # in the same network round trip (psycopg pipeline; each statement commits alone).
+            first, last = expected + 1, expected + len(events)
+            raw = conn.connection.driver_connection
+            with _driver_cursor(conn) as append, _driver_cursor(conn) as sequence:
+                try:
+                    with raw.pipeline():  # type: ignore[union-attr]
+                        self._execute_append(
+                            append, stream_id, stream_type, expected, events, meta, recorded_at
+                        )
+                        sequence.execute(
+                            _PG_SEQUENCE, {"stream_id": stream_id, "first": first, "last": last}
+                        )
+                except psycopg.errors.UniqueViolation as exc:
+                    self._conflict(exc, stream_id, expected)
+                    raise
+                rows = append.fetchall()
+                if not rows:
+                    raise ConcurrencyError(stream_id, expected, self._version(append, stream_id))
+                row = sequence.fetchone()
+            versions = list(range(first, last + 1))
+            positions: list[int | None] = row[0] if row else [None] * len(events)
+            if any(p is None for p in positions):
+                positions = self._sequence(conn, stream_id, first, last)
+            return versions, positions
 
     def insert_postgres(
         self,
@@ -144,27 +179,57 @@ class SqlEventStore:
         recorded_at: datetime,
     ) -> tuple[list[int], list[int]]:
         """The append statement on ``conn``; returns (insert ids, versions). No sequencing."""
-        params = {
-            "stream_id": stream_id,
-            "stream_type": stream_type,
-            "expected": expected,
-            "metadata": orjson.dumps(meta).decode(),
-            "recorded_at": recorded_at,
-            "event_ids": [e.id for e in events],
-            "types": [e.type for e in events],
-            "schema_versions": [e.schema_version for e in events],
-            "datas": [orjson.dumps(e.data).decode() for e in events],
-        }
-        try:
-            rows = sorted(conn.execute(_PG_APPEND, params).all(), key=lambda r: r[1])
-        except IntegrityError as exc:
-            if _violates(exc, "uq_events_stream_id_version"):
-                raise ConcurrencyError(stream_id, expected) from None
-            raise
-        if not rows:
-            actual = conn.execute(_STREAM_VERSION, {"stream_id": stream_id}).scalar_one()
-            raise ConcurrencyError(stream_id, expected, actual)
+        with _driver_cursor(conn) as cur:
+            try:
+                self._execute_append(
+                    cur, stream_id, stream_type, expected, events, meta, recorded_at
+                )
+            except psycopg.errors.UniqueViolation as exc:
+                self._conflict(exc, stream_id, expected)
+                raise
+            rows = sorted(cur.fetchall(), key=lambda r: r[1])
+            if not rows:
+                raise ConcurrencyError(stream_id, expected, self._version(cur, stream_id))
         return [r[0] for r in rows], [r[1] for r in rows]
+
+    @staticmethod
+    def _execute_append(
+        cur: Any,
+        stream_id: UUID,
+        stream_type: str,
+        expected: int | None,
+        events: Sequence[NewEvent],
+        meta: dict[str, Any],
+        recorded_at: datetime,
+    ) -> None:
+        cur.execute(
+            _PG_APPEND,
+            {
+                "stream_id": stream_id,
+                "stream_type": stream_type,
+                "expected": expected,
+                "metadata": orjson.dumps(meta).decode(),
+                "recorded_at": recorded_at,
+                "event_ids": [e.id for e in events],
+                "types": [e.type for e in events],
+                "schema_versions": [e.schema_version for e in events],
+                "datas": [orjson.dumps(e.data).decode() for e in events],
+            },
+        )
+
+    @staticmethod
+    def _conflict(
+        exc: psycopg.errors.UniqueViolation, stream_id: UUID, expected: int | None
+    ) -> None:
+        """A racing writer took the version first: that is a concurrency conflict."""
+        if exc.diag.constraint_name == "uq_events_stream_id_version":
+            raise ConcurrencyError(stream_id, expected) from None
+
+    @staticmethod
+    def _version(cur: Any, stream_id: UUID) -> int | None:
+        cur.execute(_PG_STREAM_VERSION, {"stream_id": stream_id})
+        row = cur.fetchone()
+        return int(row[0]) if row else None
 
     def _append_sqlite(
         self,
@@ -192,7 +257,7 @@ class SqlEventStore:
                     "schema_version": e.schema_version,
                     "data": orjson.dumps(e.data).decode(),
                     "metadata": meta_json,
-                    "recorded_at": recorded_at.isoformat(sep=" "),
+                    "recorded_at": _sqlite_param(recorded_at),
                 }
                 for i, e in enumerate(events, start=1)
             ]
@@ -204,27 +269,34 @@ class SqlEventStore:
             )
         return [r["version"] for r in rows], [r["position"] for r in rows]
 
-    def _sequence(self, ids: list[int]) -> list[int | None]:
-        """Number committed events; wait (bounded) until ``ids`` have positions."""
+    def _sequence(
+        self, conn: Connection, stream_id: UUID, first: int, last: int
+    ) -> list[int | None]:
+        """Number committed events; wait (bounded) until versions first..last have positions."""
         deadline = time.monotonic() + self.sequence_timeout_s
-        pause = 0.001
-        while True:
-            with self.db.autocommit() as conn:
-                positions: list[int | None] = conn.execute(_PG_SEQUENCE, {"ids": ids}).scalar_one()
-            if all(p is not None for p in positions) or time.monotonic() >= deadline:
-                # Past the deadline an older transaction is still open: the events are
-                # committed and will be numbered as soon as it ends (background sequencer).
-                return positions
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
+        pause = 0.0002
+        params = {"stream_id": stream_id, "first": first, "last": last}
+        with _driver_cursor(conn) as cur:
+            while True:
+                cur.execute(_PG_SEQUENCE, params)
+                row = cur.fetchone()
+                positions: list[int | None] = row[0] if row else [None] * (last - first + 1)
+                if all(p is not None for p in positions) or time.monotonic() >= deadline:
+                    # Past the deadline an older transaction is still open: the events are
+                    # committed and will be numbered as soon as it ends (background sequencer).
+                    return positions
+                time.sleep(pause)
+                pause = min(pause * 1.5, 0.01)
 
     def sequence_pending(self) -> int:
         """Run one sequencing step (the background fallback); returns the head position."""
         if not self.db.is_postgres:
             return self.head_position()
-        with self.db.autocommit() as conn:
-            conn.execute(_PG_SEQUENCE, {"ids": []})
-            return int(conn.execute(_HEAD).scalar_one())
+        with self.db.autocommit() as conn, _driver_cursor(conn) as cur:
+            cur.execute(_PG_SEQUENCE, {"stream_id": None, "first": None, "last": None})
+            cur.execute(_HEAD_SQL)
+            row = cur.fetchone()
+            return int(row[0]) if row else 0
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -237,17 +309,21 @@ class SqlEventStore:
         until_time: datetime | None = None,
     ) -> list[RecordedEvent]:
         """Every committed event of one stream, in version order, optionally as it stood."""
-        sql = f"SELECT {COLUMNS} FROM events WHERE stream_id = :stream_id AND version > :after"
+        p = self._placeholder
+        sql = (
+            f"SELECT {COLUMNS} FROM events "
+            f"WHERE stream_id = {p('stream_id')} AND version > {p('after')}"
+        )
         params: dict[str, Any] = {"stream_id": self._key(stream_id), "after": after_version}
         if until_position is not None:
-            sql += " AND position IS NOT NULL AND position <= :until_position"
+            sql += f" AND position IS NOT NULL AND position <= {p('until_position')}"
             params["until_position"] = until_position
         if until_time is not None:
-            sql += " AND recorded_at <= :until_time"
-            params["until_time"] = until_time
+            sql += f" AND recorded_at <= {p('until_time')}"
+            params["until_time"] = until_time if self.db.is_postgres else _sqlite_param(until_time)
         sql += " ORDER BY version"
         with self.db.read() as conn:
-            return self._records(conn, text(sql), params)
+            return self._records(conn, sql, params)
 
     def read_all(
         self,
@@ -260,23 +336,24 @@ class SqlEventStore:
         conn: Connection | None = None,
     ) -> list[RecordedEvent]:
         """A page of numbered events with position > ``after`` in position order."""
-        sql = f"SELECT {COLUMNS} FROM events WHERE position > :after"
+        p = self._placeholder
+        sql = f"SELECT {COLUMNS} FROM events WHERE position > {p('after')}"
         params: dict[str, Any] = {"after": after, "limit": limit}
         if types:
             names = [f"t{i}" for i in range(len(types))]
-            sql += f" AND event_type IN ({', '.join(':' + n for n in names)})"
+            sql += f" AND event_type IN ({', '.join(p(n) for n in names)})"
             params.update(zip(names, types, strict=True))
         if stream_type is not None:
-            sql += " AND stream_type = :stream_type"
+            sql += f" AND stream_type = {p('stream_type')}"
             params["stream_type"] = stream_type
         if stream_id is not None:
-            sql += " AND stream_id = :stream_id"
+            sql += f" AND stream_id = {p('stream_id')}"
             params["stream_id"] = self._key(stream_id)
-        sql += " ORDER BY position LIMIT :limit"
+        sql += f" ORDER BY position LIMIT {p('limit')}"
         if conn is not None:
-            return self._records(conn, text(sql), params)
+            return self._records(conn, sql, params)
         with self.db.read() as c:
-            return self._records(c, text(sql), params)
+            return self._records(c, sql, params)
 
     def iter_all(self, after: int = 0, batch_size: int = 5000) -> Iterator[RecordedEvent]:
         """Every numbered event after ``after``, streamed page by page in constant memory."""
@@ -304,26 +381,56 @@ class SqlEventStore:
         """A UUID as the driver wants it (SQLite stores the 32-digit hex form)."""
         return value.hex if self.db.is_sqlite else value
 
-    def _records(self, conn: Connection, stmt: Any, params: dict[str, Any]) -> list[RecordedEvent]:
-        registry = self.registry
-        sqlite = self.db.is_sqlite
+    def _placeholder(self, name: str) -> str:
+        """A named parameter in the driver's own style (reads go straight to the driver)."""
+        return f"%({name})s" if self.db.is_postgres else f":{name}"
+
+    def _records(self, conn: Connection, sql: str, params: dict[str, Any]) -> list[RecordedEvent]:
+        """Run a read on the driver's cursor and build records (upcast to current schemas)."""
+        upcast = self.registry.upcast if self.registry is not None else None
         out: list[RecordedEvent] = []
-        for pos, eid, sid, stype, ver, etype, sver, data, meta, at in conn.execute(stmt, params):
-            if sqlite:
-                data, meta = orjson.loads(data), orjson.loads(meta)
-                eid, sid, at = UUID(eid), UUID(sid), _sqlite_time(at)
-            if registry is not None:
-                sver, data = registry.upcast(etype, sver, data)
-            out.append(RecordedEvent(eid, sid, stype, ver, pos, etype, sver, data, meta, at))
+        append = out.append
+        with _driver_cursor(conn) as cur:
+            cur.execute(sql, params)
+            rows = cur.fetchall()
+        if self.db.is_sqlite:
+            loads = orjson.loads
+            rows = [
+                (pos, UUID(eid), UUID(sid), st, v, et, sv, loads(d), loads(m), _sqlite_time(at))
+                for pos, eid, sid, st, v, et, sv, d, m, at in rows
+            ]
+        for pos, eid, sid, stype, ver, etype, sver, data, meta, at in rows:
+            if upcast is not None:
+                sver, data = upcast(etype, sver, data)
+            append(RecordedEvent(eid, sid, stype, ver, pos, etype, sver, data, meta, at))
         return out
+
+
+@contextmanager
+def _driver_cursor(conn: Connection) -> Iterator[Any]:
+    """A psycopg cursor on ``conn``'s own connection: the hot path skips SQL compilation.
+
+    A dropped connection is invalidated, so the pool replaces it instead of handing it out
+    again; errors surface as SQLAlchemy's DBAPIError like those of the ORM path.
+    """
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        yield cursor
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(None, None, exc, sqlite3.Error) from exc
+    except psycopg.OperationalError as exc:
+        if conn.connection.driver_connection.closed:  # type: ignore[union-attr]
+            conn.invalidate(exc)
+        raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+    finally:
+        cursor.close()
+
+
+def _sqlite_param(when: datetime) -> str:
+    """A time as SQLite stores it (SQLAlchemy's DateTime text form, in UTC)."""
+    return when.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
 
 
 def _sqlite_time(value: Any) -> datetime:
     when = datetime.fromisoformat(value) if isinstance(value, str) else value
     return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
-def _violates(exc: IntegrityError, constraint: str) -> bool:
-    diag = getattr(exc.orig, "diag", None)
-    name = getattr(diag, "constraint_name", None)
-    return name == constraint or constraint in str(exc.orig)

@@ -20,9 +20,13 @@ depends_on: str | Sequence[str] | None = None
 SEQUENCER_LOCK = 0x434F_4E43_4F52
 
 SEQUENCER = f"""
-CREATE OR REPLACE FUNCTION concord_sequence_events(wanted bigint[]) RETURNS bigint[]
+CREATE OR REPLACE FUNCTION concord_sequence_events(
+    stream uuid DEFAULT NULL, first_version integer DEFAULT NULL, last_version integer DEFAULT NULL
+) RETURNS bigint[]
 LANGUAGE plpgsql AS $$
 DECLARE
+    next_xid bigint;
+    horizon bigint;
     last_position bigint;
     numbered bigint;
 BEGIN
@@ -31,16 +35,34 @@ BEGIN
     -- repaired by the next run giving the same events the same numbers. No need to wait
     -- for the WAL flush here.
     PERFORM set_config('synchronous_commit', 'off', true);
+    -- Every lookup below has an index made for it. PL/pgSQL caches plans, and one cached
+    -- while the table was small could scan the whole table forever after: forbid that.
+    PERFORM set_config('enable_seqscan', 'off', true);
     PERFORM pg_advisory_xact_lock({SEQUENCER_LOCK});
-    -- Each statement below takes a fresh snapshot, after the lock: it sees every commit
-    -- made before the previous sequencer finished.
+
+    -- The horizon: every transaction below it has ended. pg_snapshot_xmin() would also wait
+    -- for transactions in other databases of the server, which can never write here; so take
+    -- the oldest transaction id still running in THIS database (read after the snapshot, so
+    -- a transaction that starts in between is above next_xid anyway), else the next xid.
+    next_xid := pg_snapshot_xmax(pg_current_snapshot())::text::bigint;
+    SELECT min(next_xid - ((next_xid % 4294967296) - a.backend_xid::text::bigint
+                           + 4294967296) % 4294967296)
+      INTO horizon
+      FROM pg_stat_activity a
+     WHERE a.datname = current_database()
+       AND a.backend_xid IS NOT NULL
+       AND a.pid <> pg_backend_pid();
+    horizon := least(coalesce(horizon, next_xid), next_xid);
+
+    -- Each statement takes a fresh snapshot, after the lock: it sees every commit made
+    -- before the previous sequencer finished.
     SELECT COALESCE(max(position), 0) INTO last_position
       FROM events WHERE position IS NOT NULL;
     WITH todo AS (
         SELECT id, row_number() OVER (ORDER BY tx_id, id) AS n
           FROM events
          WHERE position IS NULL
-           AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+           AND tx_id < horizon::text::xid8
     )
     UPDATE events AS e SET position = last_position + todo.n
       FROM todo WHERE e.id = todo.id;
@@ -48,10 +70,16 @@ BEGIN
     IF numbered > 0 THEN
         PERFORM pg_notify('concord_events', (last_position + numbered)::text);
     END IF;
-    IF wanted IS NULL OR cardinality(wanted) = 0 THEN
+    IF stream IS NULL THEN
         RETURN ARRAY[]::bigint[];
     END IF;
-    RETURN ARRAY(SELECT e.position FROM events e WHERE e.id = ANY(wanted) ORDER BY e.id);
+    -- The caller's own events, by their key: their positions, or NULL while an older
+    -- transaction still holds them back.
+    RETURN ARRAY(
+        SELECT (SELECT e.position FROM events e WHERE e.stream_id = stream AND e.version = v)
+          FROM generate_series(first_version, last_version) AS v
+         ORDER BY v
+    );
 END
 $$;
 """
@@ -121,7 +149,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP FUNCTION IF EXISTS concord_sequence_events(bigint[])")
+        op.execute("DROP FUNCTION IF EXISTS concord_sequence_events(uuid, integer, integer)")
     op.drop_table("stream_catalog")
     op.drop_table("projection_checkpoints")
     op.drop_table("events")
