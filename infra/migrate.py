@@ -9,16 +9,19 @@ from alembic import command
 from alembic.config import Config
 
 #: Objects that exist on purpose outside the SQLAlchemy models (PostgreSQL only): the writing
-#: transaction's id and the index the sequencer scans.
+#: transaction's id, the index the sequencer scans and the sequencer's state.
 UNMODELLED = {("events", "tx_id"), ("events", "ix_events_unsequenced")}
+UNMODELLED_TABLES = {"event_sequencer"}
 
 
 def include_object(
     obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
 ) -> bool:
     """Alembic autogenerate filter: ignore the deliberately unmodelled objects."""
+    if type_ == "table":
+        return name not in UNMODELLED_TABLES
     table = getattr(getattr(obj, "table", None), "name", None)
-    return (table, name) not in UNMODELLED
+    return (table, name) not in UNMODELLED and table not in UNMODELLED_TABLES
 
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"

@@ -61,6 +61,7 @@ def _truncate_postgres(url: str) -> None:
     tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
     with db.autocommit() as conn:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        conn.execute(text("UPDATE event_sequencer SET horizon = '0', last_position = 0"))
     db.dispose()
 
 

@@ -136,37 +136,12 @@ class SqlEventStore:
         recorded_at: datetime,
     ) -> tuple[list[int], list[int | None]]:
         # One connection for the append and its sequencing: one pool checkout per call.
+        # (Pipelining the two statements into one round trip measured no faster here.)
         with self.db.autocommit() as conn:
-            if expected is None:
-                _, versions = self.insert_postgres(
-                    conn, stream_id, stream_type, expected, events, meta, recorded_at
-                )
-                return versions, self._sequence(conn, stream_id, versions[0], versions[-1])
-            # The versions are known in advance, so the sequencing step can follow the append
-            # in the same network round trip (psycopg pipeline; each statement commits alone).
-            first, last = expected + 1, expected + len(events)
-            raw = conn.connection.driver_connection
-            with _driver_cursor(conn) as append, _driver_cursor(conn) as sequence:
-                try:
-                    with raw.pipeline():  # type: ignore[union-attr]
-                        self._execute_append(
-                            append, stream_id, stream_type, expected, events, meta, recorded_at
-                        )
-                        sequence.execute(
-                            _PG_SEQUENCE, {"stream_id": stream_id, "first": first, "last": last}
-                        )
-                except psycopg.errors.UniqueViolation as exc:
-                    self._conflict(exc, stream_id, expected)
-                    raise
-                rows = append.fetchall()
-                if not rows:
-                    raise ConcurrencyError(stream_id, expected, self._version(append, stream_id))
-                row = sequence.fetchone()
-            versions = list(range(first, last + 1))
-            positions: list[int | None] = row[0] if row else [None] * len(events)
-            if any(p is None for p in positions):
-                positions = self._sequence(conn, stream_id, first, last)
-            return versions, positions
+            _, versions = self.insert_postgres(
+                conn, stream_id, stream_type, expected, events, meta, recorded_at
+            )
+            return versions, self._sequence(conn, stream_id, versions[0], versions[-1])
 
     def insert_postgres(
         self,

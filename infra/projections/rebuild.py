@@ -22,6 +22,7 @@ from infra.eventstore.store import SqlEventStore
 from infra.projections.base import Projection, live_tables
 from infra.projections.projector import Projector
 from infra.schema import NAMING_CONVENTION
+from services.ports import RecordedEvent
 
 SHADOW_SUFFIX = "__rebuild"
 Progress = Callable[[int, int], None]
@@ -56,30 +57,40 @@ def rebuild(
             shadow.drop(conn, checkfirst=True)
             shadow.create(conn)
 
-    position = 0
+    # Replay up to the head as it stands now; whatever arrives meanwhile is applied during
+    # the swap, and anything after that by the live projector.
     head = store.head_position()
-    while True:
-        page = store.read_all(position, batch_size)
+    position = 0
+    while position < head:
+        page = _page(store, position, head, batch_size)
         if not page:
             break
         with db.write() as conn:
             projection.apply(conn, shadows, page)
         position = page[-1].position or position
-        head = max(head, position)
         if progress is not None:
             progress(position, head)
 
     with db.write() as conn:
         projector.lock(conn, projection.name)
-        while page := store.read_all(position, batch_size, conn=conn):
+        final = store.head_position()
+        while position < final and (page := _page(store, position, final, batch_size, conn)):
             projection.apply(conn, shadows, page)
             position = page[-1].position or position
         for name, table in live.items():
             _swap(conn, db, table, shadows[name])
         projector.save(conn, projection.name, position)
     if progress is not None:
-        progress(position, max(head, position))
+        progress(position, position)
     return position
+
+
+def _page(
+    store: SqlEventStore, after: int, until: int, size: int, conn: Connection | None = None
+) -> list[RecordedEvent]:
+    """The next page of events after ``after``, none beyond position ``until``."""
+    page = store.read_all(after, min(size, until - after), conn=conn)
+    return [e for e in page if (e.position or 0) <= until]
 
 
 def _swap(conn: Connection, db: Database, live: Table, shadow: Table) -> None:

@@ -26,8 +26,9 @@ CREATE OR REPLACE FUNCTION concord_sequence_events(
 LANGUAGE plpgsql AS $$
 DECLARE
     next_xid bigint;
-    horizon bigint;
-    last_position bigint;
+    cutoff bigint;
+    previous bigint;
+    base bigint;
     numbered bigint;
 BEGIN
     -- Positions are a pure function of the committed log (numbering below the horizon, in
@@ -40,6 +41,11 @@ BEGIN
     PERFORM set_config('enable_seqscan', 'off', true);
     PERFORM pg_advisory_xact_lock({SEQUENCER_LOCK});
 
+    -- Where the previous run stopped: every event below its horizon is numbered, so the
+    -- scan starts there instead of wading through the dead index entries numbering leaves.
+    SELECT s.horizon::text::bigint, s.last_position INTO previous, base
+      FROM event_sequencer s WHERE s.id = 1;
+
     -- The horizon: every transaction below it has ended. pg_snapshot_xmin() would also wait
     -- for transactions in other databases of the server, which can never write here; so take
     -- the oldest transaction id still running in THIS database (read after the snapshot, so
@@ -47,28 +53,33 @@ BEGIN
     next_xid := pg_snapshot_xmax(pg_current_snapshot())::text::bigint;
     SELECT min(next_xid - ((next_xid % 4294967296) - a.backend_xid::text::bigint
                            + 4294967296) % 4294967296)
-      INTO horizon
+      INTO cutoff
       FROM pg_stat_activity a
      WHERE a.datname = current_database()
        AND a.backend_xid IS NOT NULL
        AND a.pid <> pg_backend_pid();
-    horizon := least(coalesce(horizon, next_xid), next_xid);
-
-    -- Each statement takes a fresh snapshot, after the lock: it sees every commit made
-    -- before the previous sequencer finished.
-    SELECT COALESCE(max(position), 0) INTO last_position
-      FROM events WHERE position IS NOT NULL;
-    WITH todo AS (
-        SELECT id, row_number() OVER (ORDER BY tx_id, id) AS n
-          FROM events
-         WHERE position IS NULL
-           AND tx_id < horizon::text::xid8
-    )
-    UPDATE events AS e SET position = last_position + todo.n
-      FROM todo WHERE e.id = todo.id;
-    GET DIAGNOSTICS numbered = ROW_COUNT;
-    IF numbered > 0 THEN
-        PERFORM pg_notify('concord_events', (last_position + numbered)::text);
+    cutoff := greatest(least(coalesce(cutoff, next_xid), next_xid), previous);
+    IF cutoff = previous THEN
+        numbered := 0;
+    ELSE
+        -- Each statement takes a fresh snapshot, after the lock: it sees every commit made
+        -- before the previous sequencer finished.
+        WITH todo AS (
+            SELECT id, row_number() OVER (ORDER BY tx_id, id) AS n
+              FROM events
+             WHERE position IS NULL
+               AND tx_id >= previous::text::xid8
+               AND tx_id < cutoff::text::xid8
+        )
+        UPDATE events AS e SET position = base + todo.n
+          FROM todo WHERE e.id = todo.id;
+        GET DIAGNOSTICS numbered = ROW_COUNT;
+        UPDATE event_sequencer
+           SET horizon = cutoff::text::xid8, last_position = base + numbered
+         WHERE id = 1;
+        IF numbered > 0 THEN
+            PERFORM pg_notify('concord_events', (base + numbered)::text);
+        END IF;
     END IF;
     IF stream IS NULL THEN
         RETURN ARRAY[]::bigint[];
@@ -144,12 +155,19 @@ def upgrade() -> None:
         op.execute(
             "CREATE INDEX ix_events_unsequenced ON events (tx_id, id) WHERE position IS NULL"
         )
+        # The sequencer's own state: how far it has numbered, and below which transaction.
+        op.execute(
+            "CREATE TABLE event_sequencer (id smallint PRIMARY KEY CHECK (id = 1), "
+            "horizon xid8 NOT NULL, last_position bigint NOT NULL)"
+        )
+        op.execute("INSERT INTO event_sequencer VALUES (1, '0', 0)")
         op.execute(SEQUENCER)
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP FUNCTION IF EXISTS concord_sequence_events(uuid, integer, integer)")
+        op.execute("DROP TABLE IF EXISTS event_sequencer")
     op.drop_table("stream_catalog")
     op.drop_table("projection_checkpoints")
     op.drop_table("events")

@@ -38,7 +38,10 @@ def worker(pg_system: System, tmp_path: Path):  # type: ignore[no-untyped-def]
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "infra.cli", "worker", "--concurrency", "1"],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     yield redis_url
     process.terminate()
@@ -52,8 +55,11 @@ def test_tasks_run_on_a_redis_worker_and_the_projector_follows_the_log(
     from workers.celery_app import make_app
 
     app = make_app(
-        Settings(DATABASE_URL=pg_system.settings.database_url, REDIS_URL=worker,
-                 CONCORD_DATA_DIR=tmp_path / "client")
+        Settings(
+            DATABASE_URL=pg_system.settings.database_url,
+            REDIS_URL=worker,
+            CONCORD_DATA_DIR=tmp_path / "client",
+        )
     )
     stream = uuid4()
     pg_system.store.append(stream, "consultation", NO_STREAM, [NewEvent("x.happened", {})])
