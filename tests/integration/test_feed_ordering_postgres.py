@@ -183,3 +183,18 @@ def test_the_background_sequencer_numbers_events_of_a_writer_that_died(pg: Syste
         stop.set()
         loop.join()
     assert [e.type for e in pg.store.read_all()] == ["orphan"]
+
+
+def test_a_transaction_open_in_another_database_does_not_hold_positions_back(pg: System) -> None:
+    """Other databases on the server can never write our log, so they are not waited for."""
+    import psycopg
+
+    from tests import backends
+
+    other = (backends.postgres_url() or "").replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(other) as foreign:
+        foreign.execute("SELECT pg_current_xact_id()")  # holds an xid, stays open
+        impatient = SqlEventStore(pg.db, sequence_timeout_s=0.5)
+        result = impatient.append(uuid4(), "statement", NO_STREAM, [NewEvent("x", {})])
+        assert result.position == 1
+        foreign.rollback()
