@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import problems
+from api.idempotency import Idempotency
 from api.middleware import BodyLimit, RequestContext
-from api.routers import events, health
+from api.routers import api_keys, events, health, organisations
 from infra.bootstrap import System, bootstrap
 from infra.logging import configure as configure_logging
 from infra.runtime import tune_gc
@@ -61,6 +62,9 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
     problems.install(app)
     app.include_router(health.router)
     app.include_router(events.router)
+    app.include_router(organisations.router)
+    app.include_router(api_keys.router)
+    app.add_middleware(Idempotency)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext)
     return app

@@ -156,6 +156,16 @@ def install(app: FastAPI) -> None:
         )
 
 
+def domain_status(exc: DomainError) -> tuple[int, str]:
+    """A refused command's HTTP status: unknown things 404, invalid input 422, else 409."""
+    code = exc.code
+    if code.startswith("unknown-") or code == "not-found":
+        return 404, "Not found"
+    if code.startswith("invalid-"):
+        return 422, "Validation failed"
+    return 409, "Conflict"
+
+
 def _field_error(error: Any) -> dict[str, Any]:
     loc = [str(p) for p in error.get("loc", ())]
     return {

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import structlog
 
 from infra.db import Database
 from infra.eventstore.store import SqlEventStore
+from infra.keys import ApiKeys
 from infra.projections import all_projections
 from infra.projections.projector import Projector
 from infra.settings import Settings, get_settings
+from services.bus import CommandBus
 from services.messages import EventRegistry
 
 log = structlog.get_logger("concord")
@@ -30,6 +33,8 @@ class System:
     registry: EventRegistry
     store: SqlEventStore
     projector: Projector
+    keys: ApiKeys
+    bus: CommandBus
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -58,8 +63,16 @@ def _report(exc: Exception) -> None:
 
 
 def registry() -> EventRegistry:
-    """The registry of every domain event class (contexts register theirs here)."""
-    return EventRegistry()
+    """The registry of every domain event class (each context registers its events)."""
+    import services.contexts  # noqa: F401  (imports every context's events)
+    from services.registry import EVENTS
+
+    return EVENTS
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
 
 
 def bootstrap(settings: Settings | None = None) -> System:
@@ -68,4 +81,12 @@ def bootstrap(settings: Settings | None = None) -> System:
     events = registry()
     store = SqlEventStore(db, events, sequence_timeout_s=settings.sequence_timeout_s)
     projector = Projector(db, store, all_projections())
-    return System(settings=settings, db=db, registry=events, store=store, projector=projector)
+    return System(
+        settings=settings,
+        db=db,
+        registry=events,
+        store=store,
+        projector=projector,
+        keys=ApiKeys(db),
+        bus=CommandBus(store, events, SystemClock()),
+    )

@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 projections_app = typer.Typer(help="Inspect and rebuild read models.", no_args_is_help=True)
 app.add_typer(projections_app, name="projections")
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 err = Console(stderr=True)
 
 
@@ -153,6 +155,77 @@ def projections_rebuild(
                     system.db, system.store, projection, batch_size=batch_size, progress=report
                 )
             err.print(f"{projection.name}: rebuilt up to position {position}")
+    finally:
+        system.close()
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="admin, organiser, organisation or integrator.")],
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
+    organisation: Annotated[
+        str | None, typer.Option(help="Organisation id (role organisation only).")
+    ] = None,
+) -> None:
+    """Create a key and print it on stdout — the only time it is shown."""
+    from uuid import UUID
+
+    from infra.bootstrap import bootstrap
+    from infra.keys import KeyError_
+
+    system = bootstrap()
+    try:
+        try:
+            org = UUID(organisation) if organisation else None
+        except ValueError:
+            err.print(f"not an organisation id: {organisation!r}")
+            raise typer.Exit(2) from None
+        try:
+            key, secret = system.keys.create(role, name, org, created_by="cli")
+        except KeyError_ as exc:
+            err.print(str(exc))
+            raise typer.Exit(2) from None
+        err.print(f"created {key.role} key {key.prefix} ({key.name}), id {key.id}")
+        typer.echo(secret)
+    finally:
+        system.close()
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (prefix, role, organisation, state) — never their secrets."""
+    from infra.bootstrap import bootstrap
+
+    system = bootstrap()
+    try:
+        for k in system.keys.list():
+            state = "revoked" if k.revoked_at else "active"
+            typer.echo(
+                f"{k.id}\t{k.prefix}\t{k.role}\t{k.organisation_id or '-'}\t{state}\t{k.name}"
+            )
+    finally:
+        system.close()
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (see keys list).")],
+) -> None:
+    """Revoke a key at once."""
+    from uuid import UUID
+
+    from infra.bootstrap import bootstrap
+
+    system = bootstrap()
+    try:
+        try:
+            key = system.keys.revoke(UUID(key_id))
+        except ValueError:
+            key = None
+        if key is None:
+            err.print(f"no key {key_id}")
+            raise typer.Exit(2)
+        err.print(f"revoked {key.prefix} ({key.name})")
     finally:
         system.close()
 

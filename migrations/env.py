@@ -7,6 +7,7 @@ from sqlalchemy import Connection
 
 from infra.db import Database
 from infra.migrate import include_object
+import infra.projections  # noqa: F401  (registers the projection tables on the metadata)
 from infra.schema import metadata
 from infra.settings import get_settings
 

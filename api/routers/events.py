@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import MinPosition, PrincipalDep, SystemDep
+from api.deps import EventReader, MinPosition, SystemDep
 from api.problems import ProblemError
 from api.schemas import EventPage, EventPublic, Problem
 
@@ -35,7 +35,7 @@ def _types(raw: str | None) -> list[str] | None:
 )
 async def list_events(
     system: SystemDep,
-    _principal: PrincipalDep,
+    _principal: EventReader,
     after: Annotated[int, Query(ge=0, description="Return events with position > after.")] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     types: Annotated[
@@ -76,7 +76,7 @@ class StreamEvents(BaseModel):
 async def stream_events(
     stream_id: UUID,
     system: SystemDep,
-    _principal: PrincipalDep,
+    _principal: EventReader,
     after_version: Annotated[int, Query(ge=0)] = 0,
 ) -> StreamEvents:
     """Every event of one stream (an aggregate's whole history)."""
@@ -101,7 +101,7 @@ async def stream_events(
     summary="A stream's summary from the stream catalog projection",
     dependencies=[MinPosition],
 )
-async def stream_summary(stream_id: UUID, system: SystemDep, _principal: PrincipalDep) -> Any:
+async def stream_summary(stream_id: UUID, system: SystemDep, _principal: EventReader) -> Any:
     """Type, version and positions of a stream (eventually consistent; see X-Min-Position)."""
     from infra.projections.catalog import stream_catalog
 

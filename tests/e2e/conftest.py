@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from uuid import UUID
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,3 +18,36 @@ def client(system: System) -> Iterator[TestClient]:
     app = create_app(system, background=False)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
+
+
+@dataclass
+class Keys:
+    """One key per role, as ``Authorization`` headers."""
+
+    system: System
+
+    def make(self, role: str, organisation_id: UUID | None = None) -> dict[str, str]:
+        _, secret = self.system.keys.create(role, f"test {role}", organisation_id)
+        return {"Authorization": f"Bearer {secret}"}
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return self.make("admin")
+
+    @property
+    def organiser(self) -> dict[str, str]:
+        return self.make("organiser")
+
+    @property
+    def integrator(self) -> dict[str, str]:
+        return self.make("integrator")
+
+
+@pytest.fixture
+def keys(system: System) -> Keys:
+    return Keys(system)
+
+
+@pytest.fixture
+def admin(keys: Keys) -> dict[str, str]:
+    return keys.admin

@@ -27,7 +27,7 @@ def seed(system: System) -> dict:
         ],
         meta,
     )
-    system.store.append(b, "organisation", NO_STREAM, [NewEvent("organisation.registered", {})])
+    system.store.append(b, "organisation", NO_STREAM, [NewEvent("organisation.noted", {})])
     system.store.append(a, "consultation", 2, [NewEvent("consultation.completed", {})])
     return {"a": a, "b": b}
 
@@ -40,18 +40,20 @@ def test_health_and_readiness(client: TestClient) -> None:
 
 
 def test_the_feed_pages_in_position_order_with_next_after(
-    client: TestClient, system: System
+    client: TestClient, system: System, admin: dict
 ) -> None:
     ids = seed(system)
-    first = client.get("/v1/events", params={"limit": 3}).json()
+    first = client.get("/v1/events", headers=admin, params={"limit": 3}).json()
     assert [e["position"] for e in first["data"]] == [1, 2, 3]
     assert first["has_more"] is True
     assert first["head_position"] == 4
-    second = client.get("/v1/events", params={"after": first["next_after"], "limit": 3}).json()
+    second = client.get(
+        "/v1/events", headers=admin, params={"after": first["next_after"], "limit": 3}
+    ).json()
     assert [e["position"] for e in second["data"]] == [4]
     assert second["has_more"] is False
     assert second["next_after"] == 4
-    empty = client.get("/v1/events", params={"after": 4}).json()
+    empty = client.get("/v1/events", headers=admin, params={"after": 4}).json()
     assert empty["data"] == [] and empty["next_after"] == 4
     event = first["data"][0]
     assert event["stream_id"] == str(ids["a"])
@@ -66,60 +68,68 @@ def test_the_feed_pages_in_position_order_with_next_after(
     assert {"id", "stream_type", "version", "recorded_at", "schema_version"} <= event.keys()
 
 
-def test_the_feed_filters_by_type_and_stream_type(client: TestClient, system: System) -> None:
+def test_the_feed_filters_by_type_and_stream_type(
+    client: TestClient, system: System, admin: dict
+) -> None:
     seed(system)
     types = client.get(
-        "/v1/events", params={"types": "consultation.planned,consultation.completed"}
+        "/v1/events",
+        headers=admin,
+        params={"types": "consultation.planned,consultation.completed"},
     ).json()
     assert [e["position"] for e in types["data"]] == [1, 4]
-    orgs = client.get("/v1/events", params={"stream_type": "organisation"}).json()
-    assert [e["type"] for e in orgs["data"]] == ["organisation.registered"]
+    orgs = client.get("/v1/events", headers=admin, params={"stream_type": "organisation"}).json()
+    assert [e["type"] for e in orgs["data"]] == ["organisation.noted"]
 
 
 @pytest.mark.parametrize(
     "params",
     [{"after": -1}, {"limit": 0}, {"limit": 1001}, {"after": "x"}, {"types": "a," * 60}],
 )
-def test_bad_feed_parameters_are_problems_not_crashes(client: TestClient, params: dict) -> None:
-    response = client.get("/v1/events", params=params)
+def test_bad_feed_parameters_are_problems_not_crashes(
+    client: TestClient, params: dict, admin: dict
+) -> None:
+    response = client.get("/v1/events", headers=admin, params=params)
     assert response.status_code == 422
     assert response.headers["content-type"] == PROBLEM
     body = response.json()
     assert body["status"] == 422 and body["type"].endswith("validation-failed")
 
 
-def test_a_stream_reads_in_version_order(client: TestClient, system: System) -> None:
+def test_a_stream_reads_in_version_order(client: TestClient, system: System, admin: dict) -> None:
     ids = seed(system)
-    body = client.get(f"/v1/streams/{ids['a']}/events").json()
+    body = client.get(f"/v1/streams/{ids['a']}/events", headers=admin).json()
     assert body["stream_type"] == "consultation"
     assert body["version"] == 3
     assert [e["version"] for e in body["data"]] == [1, 2, 3]
-    later = client.get(f"/v1/streams/{ids['a']}/events", params={"after_version": 2}).json()
+    later = client.get(
+        f"/v1/streams/{ids['a']}/events", headers=admin, params={"after_version": 2}
+    ).json()
     assert [e["version"] for e in later["data"]] == [3]
 
 
-def test_unknown_and_malformed_stream_ids(client: TestClient) -> None:
-    missing = client.get(f"/v1/streams/{uuid4()}/events")
+def test_unknown_and_malformed_stream_ids(client: TestClient, admin: dict) -> None:
+    missing = client.get(f"/v1/streams/{uuid4()}/events", headers=admin)
     assert missing.status_code == 404
     assert missing.headers["content-type"] == PROBLEM
-    bad = client.get("/v1/streams/not-a-uuid/events")
+    bad = client.get("/v1/streams/not-a-uuid/events", headers=admin)
     assert bad.status_code == 422
     assert bad.json()["errors"][0]["field"] == "stream_id"
 
 
 def test_a_projection_read_waits_for_x_min_position(
-    client: TestClient, system: System, monkeypatch: pytest.MonkeyPatch
+    client: TestClient, system: System, monkeypatch: pytest.MonkeyPatch, admin: dict
 ) -> None:
     ids = seed(system)
-    summary = client.get(f"/v1/streams/{ids['b']}", headers={"X-Min-Position": "4"})
+    summary = client.get(f"/v1/streams/{ids['b']}", headers={**admin, "X-Min-Position": "4"})
     assert summary.status_code == 200
     assert summary.json()["version"] == 1
     monkeypatch.setattr(deps, "MIN_POSITION_WAIT_S", 0.05)
-    future = client.get(f"/v1/streams/{ids['b']}", headers={"X-Min-Position": "99"})
+    future = client.get(f"/v1/streams/{ids['b']}", headers={**admin, "X-Min-Position": "99"})
     assert future.status_code == 503
     assert future.headers["content-type"] == PROBLEM
     assert future.headers["retry-after"] == "1"
-    bad = client.get(f"/v1/streams/{ids['b']}", headers={"X-Min-Position": "-3"})
+    bad = client.get(f"/v1/streams/{ids['b']}", headers={**admin, "X-Min-Position": "-3"})
     assert bad.status_code == 422
 
 

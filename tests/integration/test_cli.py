@@ -35,6 +35,7 @@ def embedded_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, s
 def test_migrate_then_rebuild_with_progress(embedded_env: dict[str, str]) -> None:
     runner = CliRunner()
     migrated = runner.invoke(app, ["migrate"])
+    assert runner.invoke(app, ["keys", "list"]).output == ""
     assert migrated.exit_code == 0, migrated.output
     assert (Path(embedded_env["CONCORD_DATA_DIR"]) / "concord.sqlite3").exists()
     system = bootstrap(Settings())
@@ -48,6 +49,17 @@ def test_migrate_then_rebuild_with_progress(embedded_env: dict[str, str]) -> Non
     assert "stream_catalog: rebuilt up to position 5" in rebuilt.output
     status = runner.invoke(app, ["projections", "status"])
     assert "stream_catalog\t5\t(lag 0)" in status.output
+    created = runner.invoke(app, ["keys", "create", "--role", "admin", "--name", "ops"])
+    assert created.exit_code == 0, created.output
+    secret = created.stdout.strip().splitlines()[-1]
+    assert secret.startswith("concord_")
+    listed = runner.invoke(app, ["keys", "list"]).output
+    assert "admin" in listed and "active" in listed and secret not in listed
+    key_id = listed.split("\t")[0]
+    assert runner.invoke(app, ["keys", "revoke", key_id]).exit_code == 0
+    assert "revoked" in runner.invoke(app, ["keys", "list"]).output
+    bad = runner.invoke(app, ["keys", "create", "--role", "organisation", "--name", "x"])
+    assert bad.exit_code == 2
     unknown = runner.invoke(app, ["projections", "rebuild", "nope"])
     assert unknown.exit_code == 2
     assert "unknown projection 'nope'" in unknown.output
@@ -99,8 +111,13 @@ def test_serve_in_embedded_mode_runs_api_worker_and_scheduler(embedded_env: dict
         while system.projector.checkpoints()["stream_catalog"] < 1:
             assert time.monotonic() < deadline, "the embedded worker never caught up"
             time.sleep(0.2)
+        _, secret = system.keys.create("integrator", "cli test")
         system.close()
-        summary = httpx.get(f"{base}/v1/streams/{stream}", timeout=5)
+        summary = httpx.get(
+            f"{base}/v1/streams/{stream}",
+            headers={"Authorization": f"Bearer {secret}"},
+            timeout=5,
+        )
         assert summary.status_code == 200
         assert summary.json()["stream_type"] == "consultation"
     finally:

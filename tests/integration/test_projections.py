@@ -46,15 +46,25 @@ def catalog_rows(system: System) -> list[tuple]:
     return [tuple(r) for r in rows]
 
 
-def test_catch_up_applies_every_event_once_and_moves_the_checkpoint(system: System) -> None:
+@pytest.fixture
+def catalog(system: System) -> Projector:
+    """A projector running only the stream catalog."""
+    return Projector(system.db, system.store, [StreamCatalog()])
+
+
+def test_catch_up_applies_every_event_once_and_moves_the_checkpoint(
+    system: System, catalog: Projector
+) -> None:
     write(system, streams=3, events_each=2)
-    assert system.projector.catch_up() == 6
-    assert system.projector.checkpoints() == {"stream_catalog": 6}
+    assert catalog.catch_up() == 6
+    assert catalog.checkpoints() == {"stream_catalog": 6}
     assert [r[2:] for r in catalog_rows(system)] == [(2, 1, 2), (2, 3, 4), (2, 5, 6)]
-    assert system.projector.catch_up() == 0, "a replay applies nothing"
+    assert catalog.catch_up() == 0, "a replay applies nothing"
     write(system, streams=1, events_each=1)
-    assert system.projector.catch_up(until=7) == 1
-    assert system.projector.checkpoints() == {"stream_catalog": 7}
+    assert catalog.catch_up(until=7) == 1
+    assert catalog.checkpoints() == {"stream_catalog": 7}
+    assert system.projector.catch_up() == 7, "the other projections follow on their own"
+    assert set(system.projector.checkpoints().values()) == {7}
 
 
 class Exploding:
@@ -66,14 +76,16 @@ class Exploding:
         raise RuntimeError("projection bug")
 
 
-def test_a_failing_projection_moves_neither_rows_nor_checkpoint(system: System) -> None:
+def test_a_failing_projection_moves_neither_rows_nor_checkpoint(
+    system: System, catalog: Projector
+) -> None:
     write(system, streams=2, events_each=1)
     broken = Projector(system.db, system.store, [Exploding()])
     with pytest.raises(RuntimeError, match="projection bug"):
         broken.catch_up()
     assert catalog_rows(system) == []
-    assert system.projector.checkpoints() == {"stream_catalog": 0}
-    assert system.projector.catch_up() == 2
+    assert catalog.checkpoints() == {"stream_catalog": 0}
+    assert catalog.catch_up() == 2
 
 
 def test_two_projectors_racing_apply_each_event_once(system: System) -> None:
@@ -93,13 +105,16 @@ def test_two_projectors_racing_apply_each_event_once(system: System) -> None:
 def test_wait_for_reports_a_position_that_never_arrives(system: System) -> None:
     write(system, streams=1, events_each=1)
     system.projector.wait_for(1, timeout_s=2)
+    assert min(system.projector.checkpoints().values()) == 1
     with pytest.raises(ProjectionTimeout):
         system.projector.wait_for(99, timeout_s=0.05)
 
 
-def test_rebuild_reproduces_the_live_projection_and_swaps_it_in(system: System) -> None:
+def test_rebuild_reproduces_the_live_projection_and_swaps_it_in(
+    system: System, catalog: Projector
+) -> None:
     write(system, streams=30, events_each=4)
-    system.projector.catch_up()
+    catalog.catch_up()
     live = catalog_rows(system)
     with system.db.write() as conn:  # damage the live table: the rebuild must repair it
         conn.execute(stream_catalog.delete().where(stream_catalog.c.first_position < 40))
@@ -114,8 +129,8 @@ def test_rebuild_reproduces_the_live_projection_and_swaps_it_in(system: System) 
     assert position == 120
     assert catalog_rows(system) == live
     assert seen[-1] == (120, 120)
-    assert system.projector.checkpoints() == {"stream_catalog": 120}
-    assert system.projector.catch_up() == 0
+    assert system.projector.checkpoints()["stream_catalog"] == 120
+    assert system.projector.catch_up(names=["stream_catalog"]) == 0
 
 
 def test_after_a_rebuild_the_schema_still_matches_the_migrations(system: System) -> None:
@@ -173,7 +188,7 @@ def test_rebuild_while_writers_keep_appending_misses_nothing(system: System) -> 
         stop.set()
         writer.join()
     assert errors == []
-    system.projector.catch_up()
+    system.projector.catch_up(names=["stream_catalog"])
     head = system.store.head_position()
     rows = catalog_rows(system)
     assert len(rows) == head // 2

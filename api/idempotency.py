@@ -1,0 +1,154 @@
+"""ASGI middleware applying ``Idempotency-Key`` to every POST (see infra/idempotency.py)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.problems import PROBLEM, TYPE_BASE
+from infra.idempotency import IdempotencyStore
+
+#: Response headers replayed with a stored response.
+KEPT = ("content-type", "etag", "location", "x-event-position")
+MAX_KEY = 255
+
+
+class Idempotency:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        raw_key = headers.get(b"idempotency-key")
+        if raw_key is None:
+            await self.app(scope, receive, send)
+            return
+        key = raw_key.decode("latin-1").strip()
+        if not key or len(key) > MAX_KEY:
+            await _problem(
+                send,
+                400,
+                "Bad Idempotency-Key",
+                "bad-idempotency-key",
+                f"Idempotency-Key must be 1 to {MAX_KEY} characters.",
+            )
+            return
+        try:
+            body = await _read_body(receive)
+        except HTTPException as exc:
+            await _problem(
+                send, exc.status_code, "Content too large", "content-too-large", str(exc.detail)
+            )
+            return
+        credentials = headers.get(b"authorization", b"anonymous")
+        scope_id = hashlib.sha256(credentials).hexdigest()
+        request_hash = hashlib.sha256(
+            scope["method"].encode()
+            + b" "
+            + scope["path"].encode()
+            + b"?"
+            + scope.get("query_string", b"")
+            + b"\n"
+            + body
+        ).hexdigest()
+        store = IdempotencyStore(scope["app"].state.system.db)
+        stored = await run_in_threadpool(store.claim, scope_id, key, request_hash)
+        if stored is not None:
+            if stored.request_hash != request_hash:
+                await _problem(
+                    send,
+                    422,
+                    "Idempotency-Key reused",
+                    "idempotency-key-reused",
+                    "This Idempotency-Key was used with a different request.",
+                )
+            elif not stored.complete:
+                await _problem(
+                    send,
+                    409,
+                    "Request in progress",
+                    "idempotency-key-in-progress",
+                    "A request with this Idempotency-Key is still being processed.",
+                    retry_after=True,
+                )
+            else:
+                replay_headers = [
+                    (k.encode(), v.encode()) for k, v in (stored.headers or {}).items()
+                ]
+                replay_headers.append((b"idempotent-replayed", b"true"))
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": stored.status_code,
+                        "headers": replay_headers,
+                    }
+                )
+                await send({"type": "http.response.body", "body": stored.body or b""})
+            return
+
+        delivered = False
+
+        async def replay_receive() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        status = 500
+        kept: dict[str, str] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for name, value in message.get("headers", []):
+                    if name.decode("latin-1").lower() in KEPT:
+                        kept[name.decode("latin-1").lower()] = value.decode("latin-1")
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, replay_receive, capture)
+        except BaseException:
+            await run_in_threadpool(store.release, scope_id, key)
+            raise
+        if status >= 500:
+            # Our failure, not a decision: let the client retry with the same key.
+            await run_in_threadpool(store.release, scope_id, key)
+        else:
+            await run_in_threadpool(store.complete, scope_id, key, status, kept, b"".join(chunks))
+
+
+async def _read_body(receive: Receive) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            parts.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(parts)
+        elif message["type"] == "http.disconnect":
+            return b"".join(parts)
+
+
+async def _problem(
+    send: Send, status: int, title: str, type_: str, detail: str, *, retry_after: bool = False
+) -> None:
+    body = orjson.dumps(
+        {"type": TYPE_BASE + type_, "title": title, "status": status, "detail": detail}
+    )
+    headers = [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode())]
+    if retry_after:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

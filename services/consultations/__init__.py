@@ -1,0 +1,1 @@
+"""Consultations: planning, agenda, working groups and registration of participants."""
