@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
+import infra.projections  # noqa: F401  (registers the projection tables on the metadata)
 from infra.db import Database
 from infra.migrate import include_object
-import infra.projections  # noqa: F401  (registers the projection tables on the metadata)
 from infra.schema import metadata
 from infra.settings import get_settings
 
