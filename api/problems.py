@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.bus import PreconditionFailed
 from services.errors import ConcurrencyError, DomainError
 
 PROBLEM = "application/problem+json"
@@ -140,9 +141,22 @@ def install(app: FastAPI) -> None:
             actual_version=exc.actual,
         )
 
+    @app.exception_handler(PreconditionFailed)
+    async def _precondition(request: Request, exc: PreconditionFailed) -> Response:
+        return problem(
+            412,
+            "Precondition failed",
+            str(exc),
+            type_=exc.code,
+            instance=request.url.path,
+            current_version=exc.actual,
+        )
+
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> Response:
-        return problem(409, "Conflict", str(exc), type_=exc.code, instance=request.url.path)
+        status, title = domain_status(exc)
+        extra = getattr(exc, "details", None) or {}
+        return problem(status, title, str(exc), type_=exc.code, instance=request.url.path, **extra)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

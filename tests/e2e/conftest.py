@@ -26,8 +26,9 @@ class Keys:
 
     system: System
 
-    def make(self, role: str, organisation_id: UUID | None = None) -> dict[str, str]:
-        _, secret = self.system.keys.create(role, f"test {role}", organisation_id)
+    def make(self, role: str, organisation_id: UUID | str | None = None) -> dict[str, str]:
+        org = UUID(str(organisation_id)) if organisation_id is not None else None
+        _, secret = self.system.keys.create(role, f"test {role}", org)
         return {"Authorization": f"Bearer {secret}"}
 
     @property
