@@ -1,0 +1,1 @@
+"""Series: consultations planned across several countries, and their progress."""
