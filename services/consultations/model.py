@@ -763,6 +763,7 @@ def check_changeable(state: Consultation) -> None:
 
 
 def check_registration_open(state: Consultation, now: datetime) -> None:
+    """A participant may register at ``now``; else the precise reason why not."""
     check_changeable(state)
     if not state.registration_opened:
         raise RegistrationNotOpen("registration has not been opened")
@@ -784,6 +785,7 @@ def check_window(starts_at: datetime, ends_at: datetime) -> tuple[datetime, date
 
 
 def check_within(state: Consultation, starts_at: datetime, ends_at: datetime) -> None:
+    """A session lies within the consultation's start and end."""
     if starts_at < state.starts_at or ends_at > state.ends_at:
         raise InvalidSchedule(
             f"a session must lie within the consultation, {state.starts_at.isoformat()} "
@@ -792,6 +794,8 @@ def check_within(state: Consultation, starts_at: datetime, ends_at: datetime) ->
 
 
 def check_area(state: Consultation, area: str) -> str:
+    """``area`` is one of the consultation's thematic areas (surrounding blanks ignored)."""
+    area = area.strip()
     if area not in state.thematic_areas:
         known = "; ".join(state.thematic_areas) or "none"
         raise UnknownThematicArea(f"{area!r} is not a thematic area of this consultation ({known})")
@@ -810,6 +814,7 @@ def check_areas_kept(state: Consultation, areas: tuple[str, ...]) -> None:
 
 
 def check_cleared(cleared: Iterable[str], allowed: Sequence[str], command: object) -> None:
+    """Only nullable details may be cleared, and not set at the same time."""
     for name in cleared:
         if name not in allowed:
             raise InvalidValue("cleared", f"{name!r} cannot be cleared (only {', '.join(allowed)})")
@@ -818,6 +823,7 @@ def check_cleared(cleared: Iterable[str], allowed: Sequence[str], command: objec
 
 
 def active_registration(state: Consultation, registration_id: UUID) -> Registration:
+    """The registration, which must exist and not be cancelled (it may be waitlisted)."""
     registration = _registration(state, registration_id)
     if not registration.active:
         raise RegistrationIsCancelled(f"registration {registration_id} is cancelled")

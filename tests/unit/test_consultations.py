@@ -1200,7 +1200,7 @@ def test_a_working_group_for_an_area_the_organiser_defined() -> None:
     cid, wid = uuid4(), uuid4()
     areas = ("Migrant domestic workers",)
     state = given(planned(cid, thematic_areas=areas))
-    assert when(state, FormWorkingGroup(cid, wid, "Migrant domestic workers")) == [
+    assert when(state, FormWorkingGroup(cid, wid, " Migrant domestic workers ")) == [
         WorkingGroupFormed(cid, wid, "Migrant domestic workers", None)
     ]
 
