@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from api import problems
 from api.idempotency import Idempotency
 from api.middleware import BodyLimit, RequestContext
-from api.routers import api_keys, events, health, organisations
+from api.routers import api_keys, consultations, events, health, organisations, series
 from infra.bootstrap import System, bootstrap
 from infra.logging import configure as configure_logging
 from infra.runtime import tune_gc
@@ -63,6 +63,8 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(organisations.router)
+    app.include_router(consultations.router)
+    app.include_router(series.router)
     app.include_router(api_keys.router)
     app.add_middleware(Idempotency)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

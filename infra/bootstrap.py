@@ -80,7 +80,7 @@ def bootstrap(settings: Settings | None = None) -> System:
     db = Database(settings.database_url)
     events = registry()
     store = SqlEventStore(db, events, sequence_timeout_s=settings.sequence_timeout_s)
-    projector = Projector(db, store, all_projections())
+    projector = Projector(db, store, all_projections(store))
     return System(
         settings=settings,
         db=db,

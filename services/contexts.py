@@ -2,4 +2,6 @@
 
 from __future__ import annotations
 
-import services.organisations.events  # noqa: F401
+import services.consultations.events
+import services.organisations.events
+import services.series.events  # noqa: F401

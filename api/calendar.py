@@ -1,0 +1,68 @@
+"""iCalendar (RFC 5545) for a consultation and its agenda, built with ``icalendar``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from icalendar import Calendar, Event
+
+
+def ics(doc: dict[str, Any], public_url: str) -> bytes:
+    """The calendar: one VEVENT for the consultation and one per session, in its zone."""
+    zone = ZoneInfo(doc["timezone"])
+    cal = Calendar()
+    cal.add("prodid", "-//Concord//Consultations//EN")
+    cal.add("version", "2.0")
+    cal.add("calscale", "GREGORIAN")
+    cal.add("method", "PUBLISH")
+    cal.add("x-wr-calname", doc["title"])
+    cal.add("x-wr-timezone", doc["timezone"])
+    stamp = datetime.now(UTC)
+    url = f"{public_url}/v1/consultations/{doc['id']}"
+    where = ", ".join(p for p in (doc.get("venue"), doc.get("city"), doc["host_country"]) if p)
+    cancelled = doc["cancelled"]
+
+    main = Event()
+    main.add("uid", f"consultation-{doc['id']}@concord")
+    main.add("summary", doc["title"])
+    main.add("dtstart", _local(doc["starts_at"], zone))
+    main.add("dtend", _local(doc["ends_at"], zone))
+    main.add("dtstamp", stamp)
+    main.add("sequence", doc["sequence"])
+    main.add("status", "CANCELLED" if cancelled else "CONFIRMED")
+    main.add("url", url)
+    if where:
+        main.add("location", where)
+    if doc.get("theme"):
+        main.add("description", doc["theme"])
+    cal.add_component(main)
+
+    for session in doc["agenda"]:
+        event = Event()
+        event.add("uid", f"session-{session['id']}@concord")
+        event.add("summary", session["title"])
+        event.add("dtstart", _local(session["starts_at"], zone))
+        event.add("dtend", _local(session["ends_at"], zone))
+        event.add("dtstamp", stamp)
+        event.add("sequence", doc["sequence"] + session.get("sequence", 0))
+        event.add("status", "CANCELLED" if cancelled else "CONFIRMED")
+        event.add("url", url)
+        event.add("related-to", f"consultation-{doc['id']}@concord")
+        speakers = ", ".join(s["name"] for s in session["speakers"])
+        details = [session["kind"].replace("_", " ")]
+        if session.get("thematic_area"):
+            details.append(session["thematic_area"])
+        if speakers:
+            details.append(f"Speakers: {speakers}")
+        event.add("description", "\n".join(details))
+        if where:
+            event.add("location", where)
+        cal.add_component(event)
+    cal.add_missing_timezones()
+    return cal.to_ical()
+
+
+def _local(value: str, zone: ZoneInfo) -> datetime:
+    return datetime.fromisoformat(value).astimezone(zone)
