@@ -170,13 +170,21 @@ def install(app: FastAPI) -> None:
         )
 
 
+#: Refusals that are about the input, not the state: 422 even though the domain decided them.
+UNPROCESSABLE = {"unknown-thematic-area", "reason-required", "duplicate-identifier"}
+#: Refusals about who is acting.
+FORBIDDEN = {"not-your-organisation"}
+
+
 def domain_status(exc: DomainError) -> tuple[int, str]:
     """A refused command's HTTP status: unknown things 404, invalid input 422, else 409."""
     code = exc.code
+    if code in FORBIDDEN:
+        return 403, "Forbidden"
+    if code in UNPROCESSABLE or code.startswith("invalid-"):
+        return 422, "Validation failed"
     if code.startswith("unknown-") or code == "not-found":
         return 404, "Not found"
-    if code.startswith("invalid-"):
-        return 422, "Validation failed"
     return 409, "Conflict"
 
 
