@@ -155,7 +155,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> Response:
         status, title = domain_status(exc)
-        extra = getattr(exc, "details", None) or {}
+        extra: dict[str, Any] = {}
+        field = getattr(exc, "field", None)
+        if isinstance(field, str):
+            where = "body"
+            extra["errors"] = [{"field": field, "in": where, "message": str(exc), "type": exc.code}]
         return problem(status, title, str(exc), type_=exc.code, instance=request.url.path, **extra)
 
     @app.exception_handler(Exception)

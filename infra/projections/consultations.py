@@ -90,6 +90,11 @@ registrations = Table(
 )
 
 
+def known(record: RecordedEvent) -> bool:
+    """Whether this code knows the event type (a newer writer may have added types)."""
+    return EVENTS.current_version(record.type) is not None
+
+
 def plain(value: Any) -> Any:
     """Personal data as shown to those allowed to see it."""
     return value.value if isinstance(value, Personal) else value
@@ -186,7 +191,7 @@ class ConsultationViews:
         if cached is not None and cached[0] == version - 1:
             return cached[1]
         records = [r for r in self.store.read_stream(stream_id) if r.version < version]
-        return CONSULTATION.fold(EVENTS.decode(r) for r in records)
+        return CONSULTATION.fold(EVENTS.decode(r) for r in records if known(r))
 
     def apply(self, conn: Connection, tables: Tables, events: Sequence[RecordedEvent]) -> None:
         summary, roster = tables["consultations"], tables["registrations"]
@@ -198,7 +203,8 @@ class ConsultationViews:
             state = self.state_before(stream_id, batch[0].version)
             touched: dict[UUID, datetime] = {}
             for e in batch:
-                state = CONSULTATION.evolve(state, EVENTS.decode(e))
+                if known(e):
+                    state = CONSULTATION.evolve(state, EVENTS.decode(e))
                 rid = e.data.get("registration_id")
                 if rid:
                     touched.setdefault(UUID(rid), e.recorded_at)

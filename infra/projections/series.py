@@ -10,6 +10,7 @@ from sqlalchemy import JSON, Column, Connection, DateTime, Integer, String, Tabl
 from sqlalchemy.dialects.postgresql import JSONB
 
 from infra.projections.base import Tables
+from infra.projections.consultations import known
 from infra.schema import metadata
 from services.ports import EventStore, RecordedEvent
 from services.registry import EVENTS
@@ -47,7 +48,7 @@ class SeriesViews:
                 last[e.stream_id] = e
         for stream_id, event in last.items():
             records = [r for r in self.store.read_stream(stream_id) if r.version <= event.version]
-            state = SERIES.fold(EVENTS.decode(r) for r in records)
+            state = SERIES.fold(EVENTS.decode(r) for r in records if known(r))
             if state.series_id is None:
                 continue
             row: dict[str, Any] = {

@@ -19,16 +19,16 @@ def seed(system: System) -> dict:
     meta = Metadata(actor="organiser", api_key_id="k1", correlation_id="req-1")
     system.store.append(
         a,
-        "consultation",
+        "test_consultation",
         NO_STREAM,
         [
-            NewEvent("consultation.planned", {"city": "Hà Nội"}),
-            NewEvent("consultation.registration_opened", {}),
+            NewEvent("test.planned", {"city": "Hà Nội"}),
+            NewEvent("test.registration_opened", {}),
         ],
         meta,
     )
     system.store.append(b, "organisation", NO_STREAM, [NewEvent("organisation.noted", {})])
-    system.store.append(a, "consultation", 2, [NewEvent("consultation.completed", {})])
+    system.store.append(a, "test_consultation", 2, [NewEvent("test.completed", {})])
     return {"a": a, "b": b}
 
 
@@ -57,7 +57,7 @@ def test_the_feed_pages_in_position_order_with_next_after(
     assert empty["data"] == [] and empty["next_after"] == 4
     event = first["data"][0]
     assert event["stream_id"] == str(ids["a"])
-    assert event["type"] == "consultation.planned"
+    assert event["type"] == "test.planned"
     assert event["data"] == {"city": "Hà Nội"}
     assert event["metadata"] == {
         "actor": "organiser",
@@ -75,7 +75,7 @@ def test_the_feed_filters_by_type_and_stream_type(
     types = client.get(
         "/v1/events",
         headers=admin,
-        params={"types": "consultation.planned,consultation.completed"},
+        params={"types": "test.planned,test.completed"},
     ).json()
     assert [e["position"] for e in types["data"]] == [1, 4]
     orgs = client.get("/v1/events", headers=admin, params={"stream_type": "organisation"}).json()
@@ -99,7 +99,7 @@ def test_bad_feed_parameters_are_problems_not_crashes(
 def test_a_stream_reads_in_version_order(client: TestClient, system: System, admin: dict) -> None:
     ids = seed(system)
     body = client.get(f"/v1/streams/{ids['a']}/events", headers=admin).json()
-    assert body["stream_type"] == "consultation"
+    assert body["stream_type"] == "test_consultation"
     assert body["version"] == 3
     assert [e["version"] for e in body["data"]] == [1, 2, 3]
     later = client.get(

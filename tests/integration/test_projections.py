@@ -63,7 +63,8 @@ def test_catch_up_applies_every_event_once_and_moves_the_checkpoint(
     write(system, streams=1, events_each=1)
     assert catalog.catch_up(until=7) == 1
     assert catalog.checkpoints() == {"stream_catalog": 7}
-    assert system.projector.catch_up() == 7, "the other projections follow on their own"
+    others = len(system.projector.projections) - 1
+    assert system.projector.catch_up() == 7 * others, "the other projections follow on their own"
     assert set(system.projector.checkpoints().values()) == {7}
 
 
