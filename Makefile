@@ -21,7 +21,11 @@ $(VENV)/.installed: pyproject.toml uv.lock
 
 run: install
 	$(BIN)/concord migrate
+	$(BIN)/concord demo
 	$(BIN)/concord serve --host $(HOST) --port $(PORT)
+
+demo: install
+	$(BIN)/concord demo
 
 migrate: install
 	$(BIN)/concord migrate

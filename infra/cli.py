@@ -231,6 +231,28 @@ def keys_revoke(
 
 
 @app.command()
+def demo() -> None:
+    """Load a realistic data set built from the sources (safe to run again)."""
+    from infra import demo as data
+    from infra.bootstrap import bootstrap
+
+    system = bootstrap()
+    try:
+        with _progress() as progress:
+            task = progress.add_task("demo data", total=data.steps())
+            loader = data.load(system, lambda _: progress.advance(task))
+        err.print(f"demo: {loader.applied} commands applied, {loader.skipped} already there")
+        if not any(k.name == "demo admin" for k in system.keys.list()):
+            key, secret = system.keys.create("admin", "demo admin", created_by="concord demo")
+            err.print(
+                f"demo admin key {key.prefix} (shown once; use it as a Bearer token in /docs):"
+            )
+            typer.echo(secret)
+    finally:
+        system.close()
+
+
+@app.command()
 def bench(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print only the JSON object on stdout.")
