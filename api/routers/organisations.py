@@ -12,10 +12,21 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from api.commands import etag, run
-from api.deps import AnyKey, IfMatch, Member, MinPosition, Organiser, SystemDep, ensure_acts_for
+from api.deps import (
+    AnyKey,
+    IfMatch,
+    Member,
+    MinPosition,
+    Organiser,
+    PrincipalDep,
+    SystemDep,
+    ensure_acts_for,
+)
 from api.fields import Country, Text
 from api.problems import ProblemError
 from api.schemas import Problem
+from infra.bootstrap import System
+from infra.projections.consultations import consultations, registrations
 from infra.projections.organisations import organisations
 from services.organisations.commands import KINDS, RegisterOrganisation, ReviseOrganisation
 from services.organisations.model import ORGANISATION
@@ -56,6 +67,20 @@ class OrganisationPublic(BaseModel):
     registered_at: datetime
     updated_at: datetime
     version: int = Field(description="Stream version; send it back in If-Match to update safely.")
+
+
+class Attendance(BaseModel):
+    consultation_id: UUID
+    title: str
+    host_country: str
+    starts_at: datetime
+    participants: int = Field(description="Its people registered (not waitlisted or cancelled).")
+
+
+class OrganisationProfile(OrganisationPublic):
+    consultations_attended: list[Attendance] | None = Field(
+        default=None, description="Only for callers with an API key."
+    )
 
 
 class OrganisationsPublic(BaseModel):
@@ -195,17 +220,43 @@ async def list_organisations(
 
 @router.get(
     "/{organisation_id}",
-    response_model=OrganisationPublic,
+    response_model=OrganisationProfile,
     dependencies=[MinPosition],
     responses={**ERRORS, 404: {"model": Problem}},
 )
 async def get_organisation(
-    organisation_id: UUID, response: Response, system: SystemDep
-) -> OrganisationPublic:
-    """One organisation's public profile (no key needed)."""
+    organisation_id: UUID, response: Response, system: SystemDep, principal: PrincipalDep
+) -> OrganisationProfile:
+    """An organisation's profile (public); with a key, also the consultations it attended."""
     organisation = await _load(system, organisation_id)
     etag(response, organisation.version)
-    return organisation
+    profile = OrganisationProfile(**organisation.model_dump())
+    if principal.authenticated:
+        profile.consultations_attended = await run_in_threadpool(_attended, system, organisation_id)
+    return profile
+
+
+def _attended(system: System, organisation_id: UUID) -> list[Attendance]:
+    r, c = registrations, consultations
+    with system.db.read() as conn:
+        rows = conn.execute(
+            select(
+                c.c.consultation_id,
+                c.c.title,
+                c.c.host_country,
+                c.c.starts_at,
+                func.count().label("participants"),
+            )
+            .join(r, r.c.consultation_id == c.c.consultation_id)
+            .where(
+                r.c.organisation_id == organisation_id,
+                r.c.status == "registered",
+                c.c.cancelled.is_(False),
+            )
+            .group_by(c.c.consultation_id, c.c.title, c.c.host_country, c.c.starts_at)
+            .order_by(c.c.starts_at)
+        ).all()
+    return [Attendance(**row._mapping) for row in rows]
 
 
 async def _load(system: SystemDep, organisation_id: UUID) -> OrganisationPublic:

@@ -32,3 +32,18 @@ def test_the_demo_is_realistic_and_idempotent(system: System) -> None:
         assert hanoi["city"] == "Hà Nội"
         open_now = client.get("/v1/consultations", params={"status": "registration_open"}).json()
         assert open_now["total"] == 1
+
+
+def test_an_organisation_profile_lists_the_consultations_it_attended(system: System) -> None:
+    demo.load(system)
+    _, secret = system.keys.create("integrator", "profile test")
+    hrwg = demo.uid("organisation", "Human Rights Working Group")
+    with TestClient(create_app(system)) as client:
+        public = client.get(f"/v1/organisations/{hrwg}").json()
+        assert public["consultations_attended"] is None
+        known = client.get(
+            f"/v1/organisations/{hrwg}", headers={"Authorization": f"Bearer {secret}"}
+        ).json()
+    (attended,) = known["consultations_attended"]
+    assert attended["participants"] == 2
+    assert attended["title"].startswith("Regional CSO Consultation")
