@@ -39,7 +39,11 @@ BEGIN
     -- Every lookup below has an index made for it. PL/pgSQL caches plans, and one cached
     -- while the table was small could scan the whole table forever after: forbid that.
     PERFORM set_config('enable_seqscan', 'off', true);
-    PERFORM pg_advisory_xact_lock({SEQUENCER_LOCK});
+    -- One sequencer at a time. A writer that finds another one at work does not queue behind
+    -- it: that one is numbering what is committed, quite likely this writer's events too.
+    IF NOT pg_try_advisory_xact_lock({SEQUENCER_LOCK}) THEN
+        RETURN concord_event_positions(stream, first_version, last_version);
+    END IF;
 
     -- Where the previous run stopped: every event below its horizon is numbered, so the
     -- scan starts there instead of wading through the dead index entries numbering leaves.
@@ -81,17 +85,22 @@ BEGIN
             PERFORM pg_notify('concord_events', (base + numbered)::text);
         END IF;
     END IF;
-    IF stream IS NULL THEN
-        RETURN ARRAY[]::bigint[];
-    END IF;
-    -- The caller's own events, by their key: their positions, or NULL while an older
-    -- transaction still holds them back.
-    RETURN ARRAY(
-        SELECT (SELECT e.position FROM events e WHERE e.stream_id = stream AND e.version = v)
-          FROM generate_series(first_version, last_version) AS v
-         ORDER BY v
-    );
+    RETURN concord_event_positions(stream, first_version, last_version);
 END
+$$;
+"""
+
+#: The caller's own events, by their key: their positions, or NULL while not yet numbered.
+POSITIONS = """
+CREATE OR REPLACE FUNCTION concord_event_positions(
+    stream uuid, first_version integer, last_version integer
+) RETURNS bigint[]
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(array_agg(
+        (SELECT e.position FROM events e WHERE e.stream_id = stream AND e.version = v)
+        ORDER BY v), ARRAY[]::bigint[])
+      FROM generate_series(first_version, last_version) AS v
+     WHERE stream IS NOT NULL
 $$;
 """
 
@@ -161,12 +170,14 @@ def upgrade() -> None:
             "horizon xid8 NOT NULL, last_position bigint NOT NULL)"
         )
         op.execute("INSERT INTO event_sequencer VALUES (1, '0', 0)")
+        op.execute(POSITIONS)
         op.execute(SEQUENCER)
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP FUNCTION IF EXISTS concord_sequence_events(uuid, integer, integer)")
+        op.execute("DROP FUNCTION IF EXISTS concord_event_positions(uuid, integer, integer)")
         op.execute("DROP TABLE IF EXISTS event_sequencer")
     op.drop_table("stream_catalog")
     op.drop_table("projection_checkpoints")
