@@ -248,3 +248,20 @@ def test_lists_filter_and_paginate(client: TestClient, keys: Keys) -> None:
     assert (
         client.get("/v1/organisations", params={"limit": 500}, headers=organiser).status_code == 422
     )
+
+
+def test_the_request_id_becomes_the_events_correlation_id(client: TestClient, keys: Keys) -> None:
+    headers = {**keys.organiser, "X-Request-ID": "req-jakarta-2018"}
+    response = client.post("/v1/organisations", json=HRWG, headers=headers)
+    assert response.headers["x-request-id"] == "req-jakarta-2018"
+    position = int(response.headers["x-event-position"])
+    feed = client.get("/v1/events", params={"after": position - 1}, headers=keys.integrator)
+    assert feed.json()["data"][0]["metadata"]["correlation_id"] == "req-jakarta-2018"
+
+
+def test_huge_bodies_are_refused_before_parsing(client: TestClient, keys: Keys) -> None:
+    body = {**HRWG, "name": "x" * 2_000_000}
+    response = client.post("/v1/organisations", json=body, headers=keys.organiser)
+    assert response.status_code == 413
+    assert response.headers["content-type"] == PROBLEM
+    assert client.get("/v1/organisations", headers=keys.organiser).json()["total"] == 0
