@@ -20,56 +20,17 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from celery import Celery, signals
+from celery import signals
 
 from infra.bootstrap import System, bootstrap
 from infra.logging import configure as configure_logging
+from infra.queue import QUEUE, make_app
 from infra.runtime import tune_gc
-from infra.settings import Settings, get_settings
+from infra.settings import get_settings
 
 log = structlog.get_logger("concord.worker")
-QUEUE = "concord"
-
-
-def broker_urls(settings: Settings) -> tuple[str, str]:
-    """(broker, result backend) for this environment."""
-    if settings.redis_url:
-        return settings.redis_url, settings.redis_url
-    data = settings.data_dir.resolve()
-    data.mkdir(parents=True, exist_ok=True)
-    return f"sqla+sqlite:///{data / 'broker.sqlite3'}", f"db+sqlite:///{data / 'results.sqlite3'}"
-
-
-def make_app(settings: Settings | None = None) -> Celery:
-    settings = settings or get_settings()
-    broker, backend = broker_urls(settings)
-    celery = Celery("concord", broker=broker, backend=backend, include=["workers.tasks"])
-    celery.conf.update(
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
-        broker_connection_retry_on_startup=True,
-        task_default_queue=QUEUE,
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        result_expires=24 * 3600,
-        timezone="UTC",
-        enable_utc=True,
-        worker_hijack_root_logger=False,
-        beat_schedule={
-            # Fallback for writers that died between commit and sequencing.
-            "events.sequence": {"task": "events.sequence", "schedule": 5.0},
-        },
-    )
-    if settings.redis_url:
-        celery.conf.broker_transport_options = {"visibility_timeout": 3600}
-    return celery
-
-
 tune_gc()
-app = make_app()
+app = make_app(include=["workers.tasks"])
 _system: System | None = None
 
 
@@ -99,3 +60,5 @@ def _stop_projector(**_: Any) -> None:
     if _system is not None:
         _system.close()
         _system = None
+
+__all__ = ["QUEUE", "app", "system"]

@@ -52,7 +52,7 @@ def worker(pg_system: System, tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_tasks_run_on_a_redis_worker_and_the_projector_follows_the_log(
     pg_system: System, worker: str, tmp_path: Path
 ) -> None:
-    from workers.celery_app import make_app
+    from infra.queue import make_app
 
     app = make_app(
         Settings(

@@ -1,0 +1,52 @@
+"""The Celery application's configuration, shared by the worker and by whoever enqueues.
+
+Redis when ``REDIS_URL`` is set, else an embedded SQLite broker under the data dir.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from celery import Celery
+
+from infra.settings import Settings, get_settings
+
+QUEUE = "concord"
+
+
+def broker_urls(settings: Settings) -> tuple[str, str]:
+    """(broker, result backend) for this environment."""
+    if settings.redis_url:
+        return settings.redis_url, settings.redis_url
+    data = settings.data_dir.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    return f"sqla+sqlite:///{data / 'broker.sqlite3'}", f"db+sqlite:///{data / 'results.sqlite3'}"
+
+
+def make_app(settings: Settings | None = None, include: Sequence[str] = ()) -> Celery:
+    """A Celery app configured for this environment (tasks are registered by the worker)."""
+    settings = settings or get_settings()
+    broker, backend = broker_urls(settings)
+    celery = Celery("concord", broker=broker, backend=backend, include=list(include))
+    celery.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=QUEUE,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_expires=24 * 3600,
+        timezone="UTC",
+        enable_utc=True,
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            # Fallback for writers that died between commit and sequencing.
+            "events.sequence": {"task": "events.sequence", "schedule": 5.0},
+        },
+    )
+    if settings.redis_url:
+        celery.conf.broker_transport_options = {"visibility_timeout": 3600}
+    return celery
