@@ -9,14 +9,17 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
 from infra.db import Database
+from infra.dispatch import Dispatcher, Send, celery_sender
 from infra.eventstore.store import SqlEventStore
 from infra.keys import ApiKeys
 from infra.projections import all_projections
 from infra.projections.projector import Projector
+from infra.routes import ROUTES
 from infra.settings import Settings, get_settings
 from services.bus import CommandBus
 from services.messages import EventRegistry
@@ -35,20 +38,26 @@ class System:
     projector: Projector
     keys: ApiKeys
     bus: CommandBus
+    dispatcher: Projector
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
-    def start_background(self) -> None:
-        """Run the sequencer fallback and projection catch-up in a daemon thread."""
-        thread = threading.Thread(
-            target=self.projector.run_forever,
-            args=(self._stop,),
-            kwargs={"on_error": _report},
-            name="concord-projector",
-            daemon=True,
-        )
-        thread.start()
-        self._threads.append(thread)
+    def start_background(self, *, dispatch: bool = False) -> None:
+        """Run projection catch-up (and the sequencer fallback) in a daemon thread; with
+        ``dispatch``, also the relay that turns committed events into tasks."""
+        loops = [("concord-projector", self.projector)]
+        if dispatch:
+            loops.append(("concord-dispatch", self.dispatcher))
+        for name, projector in loops:
+            thread = threading.Thread(
+                target=projector.run_forever,
+                args=(self._stop,),
+                kwargs={"on_error": _report},
+                name=name,
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
 
     def close(self) -> None:
         self._stop.set()
@@ -81,6 +90,7 @@ def bootstrap(settings: Settings | None = None) -> System:
     events = registry()
     store = SqlEventStore(db, events, sequence_timeout_s=settings.sequence_timeout_s)
     projector = Projector(db, store, all_projections(store))
+    dispatcher = Projector(db, store, [Dispatcher(_lazy_sender(settings), ROUTES)])
     return System(
         settings=settings,
         db=db,
@@ -89,4 +99,19 @@ def bootstrap(settings: Settings | None = None) -> System:
         projector=projector,
         keys=ApiKeys(db),
         bus=CommandBus(store, events, SystemClock()),
+        dispatcher=dispatcher,
     )
+
+
+def _lazy_sender(settings: Settings) -> Send:
+    """Build the Celery client on first use: most processes never enqueue anything."""
+    sender: list[Send] = []
+
+    def send(name: str, kwargs: dict[str, Any]) -> None:
+        if not sender:
+            from infra.queue import QUEUE, make_app
+
+            sender.append(celery_sender(make_app(settings), QUEUE))
+        sender[0](name, kwargs)
+
+    return send

@@ -50,7 +50,7 @@ def _logging(**_: Any) -> None:
 
 @signals.worker_ready.connect
 def _start_projector(**_: Any) -> None:
-    system().start_background()
+    system().start_background(dispatch=True)
     log.info("projector loop started")
 
 
@@ -60,5 +60,6 @@ def _stop_projector(**_: Any) -> None:
     if _system is not None:
         _system.close()
         _system = None
+
 
 __all__ = ["QUEUE", "app", "system"]

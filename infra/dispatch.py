@@ -1,0 +1,56 @@
+"""Work starts from the committed log: a checkpointed relay turns events into Celery tasks.
+
+The relay is run by the worker like a projection, with its checkpoint in the projection
+checkpoints table: it reads events in position order, enqueues the task each routed event
+calls for, and moves its checkpoint. An API process that crashes right after its commit loses
+nothing — the event is in the log and the relay will see it (the transactional-outbox guarantee
+without a second table). Enqueueing happens before the checkpoint commits, so a crash in
+between enqueues again: every task must be idempotent (they are: they take ids and re-read
+the log).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, Table
+
+from infra.projections.base import Tables
+from services.ports import RecordedEvent
+
+log = structlog.get_logger("concord.dispatch")
+
+Task = tuple[str, dict[str, Any]]
+Route = Callable[[RecordedEvent], Task | None]
+Send = Callable[[str, dict[str, Any]], None]
+
+
+class Dispatcher:
+    """A projection whose effect is enqueueing tasks for routed event types."""
+
+    name = "dispatch"
+    tables: tuple[Table, ...] = ()
+
+    def __init__(self, send: Send, routes: Mapping[str, Route]) -> None:
+        self.send = send
+        self.routes = dict(routes)
+
+    def apply(self, conn: Connection, tables: Tables, events: Sequence[RecordedEvent]) -> None:
+        for event in events:
+            route = self.routes.get(event.type)
+            task = route(event) if route else None
+            if task is not None:
+                name, kwargs = task
+                self.send(name, kwargs)
+                log.info("task enqueued", task=name, position=event.position, **kwargs)
+
+
+def celery_sender(app: Any, queue: str) -> Send:
+    """Send by task name, so infra needs no import of the workers package."""
+
+    def send(name: str, kwargs: dict[str, Any]) -> None:
+        app.send_task(name, kwargs=kwargs, queue=queue)
+
+    return send
