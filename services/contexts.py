@@ -4,4 +4,5 @@ from __future__ import annotations
 
 import services.consultations.events
 import services.organisations.events
-import services.series.events  # noqa: F401
+import services.series.events
+import services.statements.events  # noqa: F401

@@ -1,0 +1,1 @@
+"""Joint statements: drafting, amendments, endorsements, compiling and publishing."""
