@@ -284,7 +284,7 @@ def status(state: Statement) -> str:
     return "drafting"
 
 
-def sections(state: Statement, *, include_empty: bool = True) -> tuple[SectionText, ...]:
+def sections_in_order(state: Statement, *, include_empty: bool = True) -> tuple[SectionText, ...]:
     """Sections in thematic-area order, each with its recommendations not withdrawn."""
     order = {area: i for i, area in enumerate(state.thematic_areas)}
     found = []
@@ -317,7 +317,7 @@ def canonical_text(state: Statement) -> bytes:
                     for r in s.recommendations
                 ],
             }
-            for s in sections(state, include_empty=False)
+            for s in sections_in_order(state, include_empty=False)
         ],
     }
     return json.dumps(text, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
@@ -744,7 +744,7 @@ def _finalise(state: Statement, command: FinaliseStatement, ctx: Context) -> Seq
     pending = pending_amendments(state)
     if pending:
         raise AmendmentsPending(a.amendment_id for a in pending)
-    if not sections(state, include_empty=False):
+    if not sections_in_order(state, include_empty=False):
         raise EmptyStatement("add at least one recommendation before finalising")
     return [StatementFinalised(command.statement_id, content_hash(state), deadline, timezone)]
 

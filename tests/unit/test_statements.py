@@ -103,7 +103,7 @@ from services.statements.model import (
     history,
     pending_amendments,
     section_id_for,
-    sections,
+    sections_in_order,
     signatories_by_country,
     status,
 )
@@ -349,7 +349,7 @@ def test_starting_to_draft_the_jakarta_statement() -> None:
     assert state.exists
     assert state.version == 1
     assert status(state) == "drafting"
-    assert sections(state) == ()
+    assert sections_in_order(state) == ()
     assert stored(events[0]) == events[0]
 
 
@@ -521,11 +521,14 @@ def test_sections_follow_the_thematic_areas_and_recommendations_their_insertion(
         interpreters,
         RecommendationWithdrawn(sid, dropped.recommendation_id, None),
     )
-    found = sections(state)
+    found = sections_in_order(state)
     assert [s.thematic_area for s in found] == [DECENT_WORK, JUSTICE, CMW]
     assert found[0].recommendations == ()
     assert [r.text for r in found[1].recommendations] == ["Legal aid.", "Interpreters."]
-    assert [s.thematic_area for s in sections(state, include_empty=False)] == [JUSTICE, CMW]
+    assert [s.thematic_area for s in sections_in_order(state, include_empty=False)] == [
+        JUSTICE,
+        CMW,
+    ]
 
 
 def test_revising_records_the_recommendation_whole() -> None:
@@ -1375,7 +1378,7 @@ def test_the_whole_life_of_the_jakarta_statement() -> None:
     )
     run(AcceptAmendment(sid, aid), org=HRWG)
     run(FinaliseStatement(sid, DEADLINE, "Asia/Jakarta"))
-    assert [s.thematic_area for s in sections(state)] == list(AREAS)
+    assert [s.thematic_area for s in sections_in_order(state)] == list(AREAS)
     for org in NGOS:
         run(endorse(sid, org, content_hash=state.content_hash), ENDORSING, org.organisation_id)
     run(CloseEndorsements(sid), AFTER_DEADLINE)
