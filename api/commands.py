@@ -5,14 +5,17 @@ from __future__ import annotations
 from typing import Any, TypeVar
 from uuid import UUID
 
+import structlog
 from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Principal
+from api.problems import Accepted
 from infra.bootstrap import System
 from services.bus import Outcome
 from services.decider import Context, Decider
 
+log = structlog.get_logger("concord.api")
 S = TypeVar("S")
 C = TypeVar("C")
 
@@ -37,7 +40,7 @@ async def run(
     next read already shows its own change.
     """
 
-    def execute() -> Outcome:
+    def execute() -> tuple[Outcome, bool]:
         outcome = system.bus.handle(
             decider,
             stream_id,
@@ -50,12 +53,25 @@ async def run(
                 organisation_id=principal.organisation_id,
             ),
         )
-        if outcome.position is not None:
+        if outcome.changed:
+            # From here on the command has happened: nothing may turn it into an error that
+            # invites the client to send it again (see api/idempotency.py).
+            request.scope.setdefault("state", {})["concord_committed"] = True
+        if outcome.position is None:
+            return outcome, not outcome.changed
+        try:
             system.projector.catch_up(until=outcome.position)
-        return outcome
+        except Exception:  # the worker will catch the read side up; the command stands
+            log.exception("inline projection failed after a committed command")
+            return outcome, False
+        return outcome, True
 
-    outcome = await run_in_threadpool(execute)
+    outcome, readable = await run_in_threadpool(execute)
     stamp(response, outcome.version, outcome.position)
+    if not readable:
+        # Committed, but the read side does not show it yet: say so rather than read back
+        # something stale (or a 404) that a retry would then replay.
+        raise Accepted(outcome)
     return outcome
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -180,15 +179,25 @@ async def wait_for_min_position(
     system: SystemDep,
     x_min_position: Annotated[
         int | None,
-        Header(ge=0, description="Answer only with state that includes this event position."),
+        Header(
+            ge=0,
+            le=2**63 - 1,
+            description="Answer only with state that includes this event position.",
+        ),
     ] = None,
 ) -> None:
     """Honour ``X-Min-Position``: wait until the projections include it, else 503."""
     if x_min_position is None or x_min_position == 0:
         return
     if x_min_position > await run_in_threadpool(system.store.head_position):
-        # Not in the log yet (the writer may still be numbering it): wait a little.
-        await asyncio.sleep(0)
+        # Positions are handed out only once numbered, so this one was never issued (yet).
+        raise ProblemError(
+            503,
+            "Service unavailable",
+            f"Position {x_min_position} is not in the log.",
+            type_="position-not-reached",
+            headers={"Retry-After": "1"},
+        )
     try:
         await run_in_threadpool(system.projector.wait_for, x_min_position, MIN_POSITION_WAIT_S)
     except ProjectionTimeout:

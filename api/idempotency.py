@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -48,6 +49,12 @@ class Idempotency:
             )
             return
         credentials = headers.get(b"authorization", b"anonymous")
+        system = scope["app"].state.system
+        if credentials != b"anonymous" and not await run_in_threadpool(_valid, system, credentials):
+            # A revoked or unknown key must not get stored responses back: let the app
+            # answer (401) without touching the key.
+            await self.app(scope, _replay(body, receive), send)
+            return
         scope_id = hashlib.sha256(credentials).hexdigest()
         request_hash = hashlib.sha256(
             scope["method"].encode()
@@ -58,7 +65,7 @@ class Idempotency:
             + b"\n"
             + body
         ).hexdigest()
-        store = IdempotencyStore(scope["app"].state.system.db)
+        store = IdempotencyStore(system.db)
         stored = await run_in_threadpool(store.claim, scope_id, key, request_hash)
         if stored is not None:
             if stored.request_hash != request_hash:
@@ -93,15 +100,7 @@ class Idempotency:
                 await send({"type": "http.response.body", "body": stored.body or b""})
             return
 
-        delivered = False
-
-        async def replay_receive() -> Message:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
+        replay_receive = _replay(body, receive)
         status = 500
         kept: dict[str, str] = {}
         chunks: list[bytes] = []
@@ -120,13 +119,58 @@ class Idempotency:
         try:
             await self.app(scope, replay_receive, capture)
         except BaseException:
-            await run_in_threadpool(store.release, scope_id, key)
+            if not _committed(scope):
+                await run_in_threadpool(store.release, scope_id, key)
             raise
-        if status >= 500:
-            # Our failure, not a decision: let the client retry with the same key.
+        if status >= 500 and not _committed(scope):
+            # Our failure before anything happened: let the client retry with the same key.
             await run_in_threadpool(store.release, scope_id, key)
         else:
-            await run_in_threadpool(store.complete, scope_id, key, status, kept, b"".join(chunks))
+            # Once a command has committed, its answer is final, whatever it is: a retry must
+            # replay it, never run the command again.
+            stored_body = _redact(scope["path"], b"".join(chunks))
+            await run_in_threadpool(store.complete, scope_id, key, status, kept, stored_body)
+
+
+#: Response fields never kept for replay: secrets are shown once.
+SECRET_FIELDS = {"/v1/api-keys": "key"}
+
+
+def _redact(path: str, body: bytes) -> bytes:
+    field = SECRET_FIELDS.get(path)
+    if field is None or not body:
+        return body
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    if isinstance(data, dict) and field in data:
+        data[field] = None
+        data["replay_note"] = f"'{field}' was shown only in the first response"
+    return orjson.dumps(data)
+
+
+def _committed(scope: Scope) -> bool:
+    return bool(scope.get("state", {}).get("concord_committed"))
+
+
+def _valid(system: Any, credentials: bytes) -> bool:
+    scheme, _, secret = credentials.decode("latin-1").partition(" ")
+    return scheme.lower() == "bearer" and system.keys.authenticate(secret.strip()) is not None
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the app the body we already read."""
+    delivered = False
+
+    async def replay_receive() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay_receive
 
 
 async def _read_body(receive: Receive) -> bytes:

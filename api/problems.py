@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.bus import PreconditionFailed
+from services.bus import Outcome, PreconditionFailed
 from services.errors import ConcurrencyError, DomainError
 
 PROBLEM = "application/problem+json"
@@ -61,6 +61,15 @@ def problem(
         body["instance"] = instance
     body.update(extra)
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+class Accepted(Exception):
+    """The command is committed but its position (and so the read side) is still pending:
+    an older transaction holds the log's horizon. Answered as 202 from the outcome."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__("accepted")
+        self.outcome = outcome
 
 
 _TITLES = {
@@ -141,6 +150,24 @@ def install(app: FastAPI) -> None:
             actual_version=exc.actual,
         )
 
+    @app.exception_handler(Accepted)
+    async def _accepted(request: Request, exc: Accepted) -> Response:
+        outcome = exc.outcome
+        return JSONResponse(
+            {
+                "status": "accepted",
+                "stream_id": str(outcome.stream_id),
+                "version": outcome.version,
+                "detail": "The change is committed; it will appear in reads shortly.",
+            },
+            status_code=202,
+            headers={
+                "ETag": f'"{outcome.version}"',
+                "Retry-After": "1",
+                **({"X-Event-Position": str(outcome.position)} if outcome.position else {}),
+            },
+        )
+
     @app.exception_handler(PreconditionFailed)
     async def _precondition(request: Request, exc: PreconditionFailed) -> Response:
         return problem(
@@ -177,7 +204,7 @@ def install(app: FastAPI) -> None:
 #: Refusals that are about the input, not the state: 422 even though the domain decided them.
 UNPROCESSABLE = {"unknown-thematic-area", "reason-required", "duplicate-identifier"}
 #: Refusals about who is acting.
-FORBIDDEN = {"not-your-organisation"}
+FORBIDDEN = {"not-your-organisation", "not-on-drafting-committee"}
 
 
 def domain_status(exc: DomainError) -> tuple[int, str]:

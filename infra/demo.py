@@ -326,7 +326,7 @@ def _plan(_: Loader | None) -> Iterator[tuple[Decider[Any, Any], UUID, Any, date
     # -- A virtual follow-up starting tomorrow, registration open -------------------------
     tomorrow = datetime.now(UTC).date() + timedelta(days=1)
     manila = ZoneInfo("Asia/Manila")
-    follow_up = uid("consultation", "follow-up", tomorrow.isoformat())
+    follow_up = uid("consultation", "follow-up")  # planned once, on the first load
     now = datetime.now(UTC)
     yield (
         CONSULTATION,

@@ -18,6 +18,8 @@ from infra.db import Database
 from infra.schema import idempotency_keys
 
 RETENTION = timedelta(hours=24)
+#: A claim still "in progress" after this long belongs to a process that died: take it over.
+LEASE = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,10 @@ class IdempotencyStore:
         with self.db.write() as conn:
             conn.execute(
                 delete(table).where(
-                    table.c.scope == scope, table.c.key == key, table.c.created_at < now - RETENTION
+                    table.c.scope == scope,
+                    table.c.key == key,
+                    (table.c.created_at < now - RETENTION)
+                    | (table.c.status_code.is_(None) & (table.c.created_at < now - LEASE)),
                 )
             )
             row = conn.execute(

@@ -100,8 +100,13 @@ class CommandBus:
                     [self.registry.to_new_event(e) for e in events],
                     metadata,
                 )
-            except ConcurrencyError:
-                if if_match is not None or attempt == RETRIES:
+            except ConcurrencyError as conflict:
+                if if_match is not None:
+                    # Someone appended between our check and our append: the version the
+                    # caller pinned is gone, which is exactly what If-Match reports.
+                    actual = conflict.actual if conflict.actual is not None else version + 1
+                    raise PreconditionFailed(stream_id, if_match, actual) from None
+                if attempt == RETRIES:
                     raise
                 continue
             return Outcome(stream_id, result.version, result.position, events, result.events)

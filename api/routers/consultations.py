@@ -318,7 +318,7 @@ async def command(
 
 
 def parse_as_of(value: str) -> tuple[int | None, datetime | None]:
-    if value.isdigit():
+    if value.isascii() and value.isdigit() and len(value) <= 18:
         return int(value), None
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))

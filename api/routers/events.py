@@ -36,7 +36,9 @@ def _types(raw: str | None) -> list[str] | None:
 async def list_events(
     system: SystemDep,
     _principal: EventReader,
-    after: Annotated[int, Query(ge=0, description="Return events with position > after.")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=2**63 - 1, description="Return events with position > after.")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     types: Annotated[
         str | None, Query(max_length=2000, description="Comma-separated event types.")
@@ -77,7 +79,7 @@ async def stream_events(
     stream_id: UUID,
     system: SystemDep,
     _principal: EventReader,
-    after_version: Annotated[int, Query(ge=0)] = 0,
+    after_version: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> StreamEvents:
     """Every event of one stream (an aggregate's whole history)."""
     events = await run_in_threadpool(

@@ -79,7 +79,7 @@ class Attendance(BaseModel):
 
 class OrganisationProfile(OrganisationPublic):
     consultations_attended: list[Attendance] | None = Field(
-        default=None, description="Only for callers with an API key."
+        default=None, description="Only for admins, organisers and the organisation itself."
     )
 
 
@@ -231,7 +231,9 @@ async def get_organisation(
     organisation = await _load(system, organisation_id)
     etag(response, organisation.version)
     profile = OrganisationProfile(**organisation.model_dump())
-    if principal.authenticated:
+    if principal.role in ("admin", "organiser") or (
+        principal.role == "organisation" and principal.organisation_id == organisation_id
+    ):
         profile.consultations_attended = await run_in_threadpool(_attended, system, organisation_id)
     return profile
 

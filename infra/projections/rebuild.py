@@ -2,8 +2,8 @@
 
 1. Create shadow tables ``<table>__rebuild`` (same columns, no secondary indexes: bulk loading
    is faster without them).
-2. Replay the whole log into them, one short transaction per page, so the rebuild never holds
-   back the sequencer's transaction horizon and live traffic carries on meanwhile.
+2. Replay the whole log into them, one short transaction per page: live traffic carries on
+   meanwhile, and new events wait at most one page's transaction for their positions.
 3. Swap, in one short transaction holding the projection's lock (which pauses the live
    projector): apply the last events that arrived meanwhile, drop the live tables, rename the
    shadows, create the indexes under their real names and move the checkpoint.

@@ -52,11 +52,14 @@ BEGIN
 
     -- The horizon: every transaction below it has ended. pg_snapshot_xmin() would also wait
     -- for transactions in other databases of the server, which can never write here; so take
-    -- the oldest transaction id still running in THIS database (read after the snapshot, so
-    -- a transaction that starts in between is above next_xid anyway), else the next xid.
+    -- the oldest transaction id still running in THIS database, else the snapshot's xmax.
+    -- backend_xid is a 32-bit xid: widen it by its signed distance from xmax (running ids lie
+    -- within 2^31 of it, on either side: xmax is the latest *completed* id + 1, so ids handed
+    -- out to transactions still running can be above it). Ids above xmax are clamped to it
+    -- below; a transaction that starts after this read gets an id above xmax anyway.
     next_xid := pg_snapshot_xmax(pg_current_snapshot())::text::bigint;
-    SELECT min(next_xid - ((next_xid % 4294967296) - a.backend_xid::text::bigint
-                           + 4294967296) % 4294967296)
+    SELECT min(next_xid + ((a.backend_xid::text::bigint - (next_xid % 4294967296)
+                            + 6442450944) % 4294967296 - 2147483648))
       INTO cutoff
       FROM pg_stat_activity a
      WHERE a.datname = current_database()

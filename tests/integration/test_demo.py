@@ -36,7 +36,7 @@ def test_the_demo_is_realistic_and_idempotent(system: System) -> None:
 
 def test_an_organisation_profile_lists_the_consultations_it_attended(system: System) -> None:
     demo.load(system)
-    _, secret = system.keys.create("integrator", "profile test")
+    _, secret = system.keys.create("organiser", "profile test")
     hrwg = demo.uid("organisation", "Human Rights Working Group")
     with TestClient(create_app(system)) as client:
         public = client.get(f"/v1/organisations/{hrwg}").json()
