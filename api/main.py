@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from api import problems
+from api.deps import current_principal
 from api.idempotency import Idempotency
 from api.middleware import BodyLimit, RequestContext
 from api.routers import api_keys, consultations, events, health, organisations, series
@@ -61,11 +62,10 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
         app.state.system = system
     problems.install(app)
     app.include_router(health.router)
-    app.include_router(events.router)
-    app.include_router(organisations.router)
-    app.include_router(consultations.router)
-    app.include_router(series.router)
-    app.include_router(api_keys.router)
+    # Every /v1 route checks a key that is sent, even a public one: a bad key is always 401.
+    checked = [Depends(current_principal)]
+    for router in (events, organisations, consultations, series, api_keys):
+        app.include_router(router.router, dependencies=checked)
     app.add_middleware(Idempotency)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext)

@@ -101,11 +101,7 @@ UNDOCUMENTED_PUBLIC = ("/openapi.json", "/docs", "/redoc")
 
 #: Cells where the app disagrees with ``ACCESS`` today: (method, path, caller) -> what it does.
 #: Each has a strict xfail test below that turns red once the app is fixed; then drop the entry.
-KNOWN_DEVIATIONS: dict[tuple[str, str, str], str] = {
-    ("GET", C, BAD_KEY): "allowed",
-    ("GET", C + "/calendar.ics", BAD_KEY): "allowed",
-    ("GET", "/v1/series/{series_id}", BAD_KEY): "allowed",
-}
+KNOWN_DEVIATIONS: dict[tuple[str, str, str], str] = {}
 
 
 #: Routes whose request cannot succeed on a freshly built world (still allowed: 409, not 403).
@@ -505,15 +501,7 @@ def test_revoked_and_malformed_keys_are_refused(client: TestClient, keys: Keys) 
 # -- known deviations from the contract ----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Public reads that never look at the caller ignore an invalid key and answer 200, "
-    "while GET /v1/consultations and GET /v1/organisations/{id} answer 401; the contract says "
-    "an invalid key is 401 (KNOWN_DEVIATIONS)",
-)
 def test_a_bad_key_is_refused_on_public_reads_too(client: TestClient, world: World) -> None:
-    statuses = {
-        route: call(client, world, route, BAD_KEY).status_code
-        for route in {(method, path) for method, path, _ in KNOWN_DEVIATIONS}
-    }
+    public = [("GET", C), ("GET", C + "/calendar.ics"), ("GET", "/v1/series/{series_id}")]
+    statuses = {route: call(client, world, route, BAD_KEY).status_code for route in public}
     assert set(statuses.values()) == {401}, statuses
