@@ -200,10 +200,14 @@ _MD_LINE_START = re.compile(r"^(\s*)([#>+=-]|\d+[.)])", re.MULTILINE)
 
 
 def md_escape(text: str) -> str:
-    """Escape user text so Markdown renders it literally (and never as raw HTML)."""
+    """Escape user text inside a line so Markdown renders it literally (never as raw HTML)."""
     text = _MD_SPECIAL.sub(r"\\\1", text)
-    text = _MD_ENTITY.sub(r"\\&", text)
-    return _MD_LINE_START.sub(r"\1\\\2", text)
+    return _MD_ENTITY.sub(r"\\&", text)
+
+
+def md_block(text: str) -> str:
+    """Escape user text that starts a line: also no heading, quote or list marker there."""
+    return _MD_LINE_START.sub(r"\1\\\2", md_escape(text))
 
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -220,6 +224,7 @@ def _environment() -> Environment:
         keep_trailing_newline=True,
     )
     env.filters["md"] = md_escape
+    env.filters["md_block"] = md_block
     env.filters["paragraphs"] = paragraphs
     env.globals.update(signatory_line=signatory_line, organisation_line=organisation_line)
     return env
@@ -291,7 +296,6 @@ class _StatementPDF(FPDF):
         doc = view.doc
         self.set_title(doc.title)
         self.set_subject(view.consultation_line)
-        self.set_author(doc.consultation.title)
         self.set_creator("Concord")
         self.set_producer("Concord")
         self.set_lang(doc.language)

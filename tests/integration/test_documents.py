@@ -322,6 +322,8 @@ def test_the_markdown_groups_signatories_by_country_in_alphabetical_order(
 ) -> None:
     md = rendered["md"].decode("utf-8")
     assert md.startswith("# Regional Civil Society Recommendations")
+    assert "\n\n**1.1** Guarantee minimum wages" in md
+    assert ".\n\n*Addressed to:* ASEAN Member States; ACMW\n\n**1.2** Make" in md
     signatories = md.split("## Signatories", 1)[1]
     headings = re.findall(r"^### (.+)$", signatories, re.MULTILINE)
     assert headings == [
@@ -485,3 +487,16 @@ def test_a_long_list_breaks_across_pages_with_every_page_numbered() -> None:
     text = pdf_text(data)
     assert "Signed by 320 organisations from 8 countries" in text
     assert "Trung tâm Phát triển và Hội nhập 019 (CDI)" in text
+
+
+def test_khmer_text_uses_the_khmer_fallback_font() -> None:
+    khmer = Signatory("សមាគមកម្មករកម្ពុជា", None, "KH", "union", "សុខ ចាន់", None)
+    data = render(jakarta_2018((*SIGNATORIES, khmer)))["pdf"]
+    reader = PdfReader(io.BytesIO(data))
+    names = {
+        str(font.get_object()["/BaseFont"])
+        for page in reader.pages
+        for font in page["/Resources"]["/Font"].values()
+    }
+    assert any(name.endswith("+NotoSansKhmer") for name in names), names
+    assert "Signed by 17 organisations from 8 countries" in pdf_text(data)
