@@ -143,3 +143,11 @@ class RecordCompilation:
 class PublishStatement:
     statement_id: UUID
     job_id: UUID
+
+
+@dataclass(frozen=True)
+class RequestPublication:
+    """Ask for the statement to be compiled and published by a background job."""
+
+    statement_id: UUID
+    job_id: UUID

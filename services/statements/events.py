@@ -184,6 +184,17 @@ class StatementCompiled(DomainEvent):
 
 @EVENTS.register
 @dataclass(frozen=True)
+class PublicationRequested(DomainEvent):
+    """A job was asked to compile and publish the closed statement (the worker's cue)."""
+
+    type = "statement.publication_requested"
+    statement_id: UUID
+    job_id: UUID
+    content_hash: str
+
+
+@EVENTS.register
+@dataclass(frozen=True)
 class StatementPublished(DomainEvent):
     """The files of the latest compilation are public."""
 

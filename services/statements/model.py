@@ -56,6 +56,7 @@ from services.statements.commands import (
     RecordCompilation,
     RejectAmendment,
     ReopenStatement,
+    RequestPublication,
     ReviseRecommendation,
     StartDrafting,
     WithdrawEndorsement,
@@ -95,6 +96,7 @@ from services.statements.events import (
     DraftingStarted,
     EndorsementsClosed,
     EndorsementWithdrawn,
+    PublicationRequested,
     RecommendationAdded,
     RecommendationRevised,
     RecommendationWithdrawn,
@@ -238,6 +240,8 @@ class Statement:
     compilation: Compilation | None = None
     published: Publication | None = None
     reopen_reasons: tuple[str, ...] = ()
+    #: Publication jobs asked for, in order (the worker compiles the latest).
+    publication_jobs: tuple[UUID, ...] = ()
 
     @property
     def exists(self) -> bool:
@@ -260,6 +264,7 @@ Command = (
     | CloseEndorsements
     | RecordCompilation
     | PublishStatement
+    | RequestPublication
 )
 
 
@@ -506,6 +511,8 @@ def evolve(state: Statement, event: DomainEvent) -> Statement:
                 event.job_id, event.content_hash, dict(event.files), event.compiled_at, v
             )
             return replace(state, compilation=compilation)
+        case PublicationRequested():
+            return replace(state, publication_jobs=(*state.publication_jobs, event.job_id))
         case StatementPublished():
             published = Publication(event.job_id, event.content_hash, dict(event.files), v)
             return replace(state, published=published)
@@ -616,6 +623,8 @@ def decide(state: Statement, command: Command, ctx: Context) -> Sequence[DomainE
             return _compile(state, command, ctx)
         case PublishStatement():
             return _publish(state, command, ctx)
+        case RequestPublication():
+            return _request_publication(state, command, ctx)
     raise TypeError(f"not a statement command: {command!r}")
 
 
@@ -843,6 +852,19 @@ def _publish(state: Statement, command: PublishStatement, ctx: Context) -> Seque
             command.statement_id, command.job_id, compilation.content_hash, dict(compilation.files)
         )
     ]
+
+
+def _request_publication(
+    state: Statement, command: RequestPublication, ctx: Context
+) -> Sequence[DomainEvent]:
+    check_editor(state, ctx)
+    if command.job_id in state.publication_jobs:
+        return []
+    if state.published is not None:
+        raise AlreadyPublished(f"statement {command.statement_id} is already published")
+    if not state.closed or state.content_hash is None:
+        raise EndorsementsStillOpen("close endorsements before publishing")
+    return [PublicationRequested(command.statement_id, command.job_id, state.content_hash)]
 
 
 # --- rules --------------------------------------------------------------------------------

@@ -1419,7 +1419,24 @@ def test_every_error_has_its_own_code_in_one_family() -> None:
 
 def test_every_statement_event_is_registered_and_round_trips() -> None:
     types = [t for t in EVENTS.types() if t.startswith("statement.")]
-    assert len(types) == 15
+    assert len(types) == 16
     sid = uuid4()
     for event in closed(sid):
         assert stored(event) == event
+
+
+def test_publication_is_requested_only_once_endorsements_are_closed() -> None:
+    """The worker's cue: one event per job, refused while endorsements are open."""
+    from services.statements.commands import RequestPublication
+    from services.statements.errors import EndorsementsStillOpen
+    from services.statements.events import PublicationRequested
+
+    sid, job = uuid4(), uuid4()
+    state = given(*finalised(sid))
+    with pytest.raises(EndorsementsStillOpen):
+        when(state, RequestPublication(sid, job))
+    closed = STATEMENT.fold(when(state, CloseEndorsements(sid), now=AFTER_DEADLINE), state)
+    events = when(closed, RequestPublication(sid, job), now=AFTER_DEADLINE)
+    assert events == [PublicationRequested(sid, job, closed.content_hash or "")]
+    requested = STATEMENT.fold(events, closed)
+    assert when(requested, RequestPublication(sid, job), now=AFTER_DEADLINE) == []
