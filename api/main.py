@@ -11,7 +11,15 @@ from api import problems
 from api.deps import current_principal
 from api.idempotency import Idempotency
 from api.middleware import BodyLimit, RequestContext
-from api.routers import api_keys, consultations, events, health, organisations, series
+from api.routers import (
+    api_keys,
+    consultations,
+    events,
+    health,
+    organisations,
+    series,
+    statements,
+)
 from infra.bootstrap import System, bootstrap
 from infra.logging import configure as configure_logging
 from infra.runtime import tune_gc
@@ -64,7 +72,7 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
     app.include_router(health.router)
     # Every /v1 route checks a key that is sent, even a public one: a bad key is always 401.
     checked = [Depends(current_principal)]
-    for router in (events, organisations, consultations, series, api_keys):
+    for router in (events, organisations, consultations, series, statements, api_keys):
         app.include_router(router.router, dependencies=checked)
     app.add_middleware(Idempotency)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -6,6 +6,7 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -182,7 +183,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> Response:
         status, title = domain_status(exc)
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {
+            k: jsonable_encoder(v)
+            for k, v in (getattr(exc, "details", None) or {}).items()
+            if k not in ("type", "title", "status", "detail", "instance", "errors")
+        }
         field = getattr(exc, "field", None)
         if isinstance(field, str):
             where = "body"

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
-from infra.dispatch import Route
+from infra.dispatch import Route, Task
+from services.ports import RecordedEvent
 
-ROUTES: dict[str, Route] = {}
+
+def _compile(event: RecordedEvent) -> Task:
+    return "statements.compile", {
+        "statement_id": str(event.stream_id),
+        "job_id": str(event.data["job_id"]),
+    }
+
+
+ROUTES: dict[str, Route] = {"statement.publication_requested": _compile}

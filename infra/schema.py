@@ -5,6 +5,8 @@ Names follow one convention so migrations get stable names on PostgreSQL and SQL
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -17,9 +19,11 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Table,
+    TypeDecorator,
     Uuid,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -30,6 +34,24 @@ NAMING_CONVENTION = {
 }
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back with its offset (SQLite drops it)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored")
+        return value.astimezone(UTC) if value is not None and dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
 
 Json = JSON().with_variant(JSONB(), "postgresql")
 # SQLite only auto-numbers a column declared exactly INTEGER PRIMARY KEY.
@@ -52,7 +74,7 @@ events = Table(
     Column("schema_version", SmallInteger, nullable=False),
     Column("data", Json, nullable=False),
     Column("metadata", Json, nullable=False),
-    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("recorded_at", UtcDateTime(), nullable=False),
     Index("uq_events_stream_id_version", "stream_id", "version", unique=True),
     Index(
         "uq_events_position",
@@ -68,7 +90,7 @@ projection_checkpoints = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("position", BigInteger, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
 )
 
 #: API keys: only a hash of each key is stored; the prefix makes a leaked key recognisable.
@@ -81,10 +103,10 @@ api_keys = Table(
     Column("organisation_id", Uuid, nullable=True),
     Column("prefix", String(32), nullable=False),
     Column("key_hash", String(64), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
     Column("created_by", String(200), nullable=True),
-    Column("revoked_at", DateTime(timezone=True), nullable=True),
-    Column("last_used_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", UtcDateTime(), nullable=True),
+    Column("last_used_at", UtcDateTime(), nullable=True),
     Index("uq_api_keys_key_hash", "key_hash", unique=True),
 )
 
@@ -98,7 +120,7 @@ idempotency_keys = Table(
     Column("status_code", Integer, nullable=True),
     Column("headers", Json, nullable=True),
     Column("body", LargeBinary, nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("completed_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("completed_at", UtcDateTime(), nullable=True),
     Index("ix_idempotency_keys_created_at", "created_at"),
 )

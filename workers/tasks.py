@@ -15,3 +15,13 @@ def sequence_events() -> int:
 def catch_up_projections(until: int | None = None) -> int:
     """Apply the log to every projection; returns the number of events applied."""
     return system().projector.catch_up(until=until)
+
+
+@app.task(name="statements.compile", queue=QUEUE)
+def compile_statement(statement_id: str, job_id: str) -> dict[str, str]:
+    """Render the statement from the log into MD/HTML/PDF, store them, record and publish."""
+    from uuid import UUID
+
+    from infra.compile import compile_statement as run
+
+    return run(system(), UUID(statement_id), UUID(job_id))

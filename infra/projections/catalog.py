@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Connection, DateTime, Index, Integer, String, Table, Uuid
+from sqlalchemy import BigInteger, Column, Connection, Index, Integer, String, Table, Uuid
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from infra.projections.base import Tables
-from infra.schema import metadata
+from infra.schema import UtcDateTime, metadata
 from services.ports import RecordedEvent
 
 stream_catalog = Table(
@@ -21,8 +21,8 @@ stream_catalog = Table(
     Column("version", Integer, nullable=False),
     Column("first_position", BigInteger, nullable=False),
     Column("last_position", BigInteger, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
     Index("ix_stream_catalog_stream_type_last_position", "stream_type", "last_position"),
 )
 

@@ -19,7 +19,6 @@ from sqlalchemy import (
     Boolean,
     Column,
     Connection,
-    DateTime,
     Index,
     Integer,
     String,
@@ -29,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 from infra.projections.base import Tables
-from infra.schema import metadata
+from infra.schema import UtcDateTime, metadata
 from services.consultations.model import CONSULTATION, Consultation, Registration
 from services.messages import Personal
 from services.ports import EventStore, RecordedEvent
@@ -47,13 +46,13 @@ consultations = Table(
     Column("city", String(200), nullable=True),
     Column("mode", String(20), nullable=False),
     Column("timezone", String(64), nullable=False),
-    Column("starts_at", DateTime(timezone=True), nullable=False),
-    Column("ends_at", DateTime(timezone=True), nullable=False),
+    Column("starts_at", UtcDateTime(), nullable=False),
+    Column("ends_at", UtcDateTime(), nullable=False),
     Column("organiser_id", Uuid, nullable=False),
     Column("series_id", Uuid, nullable=True),
     Column("capacity", Integer, nullable=True),
     Column("registration_opened", Boolean, nullable=False),
-    Column("registration_closes_at", DateTime(timezone=True), nullable=True),
+    Column("registration_closes_at", UtcDateTime(), nullable=True),
     Column("registration_closed", Boolean, nullable=False),
     Column("cancelled", Boolean, nullable=False),
     Column("completed", Boolean, nullable=False),
@@ -61,7 +60,7 @@ consultations = Table(
     Column("waitlisted_count", Integer, nullable=False),
     Column("version", Integer, nullable=False),
     Column("sequence", Integer, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
     Column("detail", Json, nullable=False),
     Index("ix_consultations_starts_at", "starts_at"),
     Index("ix_consultations_host_country_starts_at", "host_country", "starts_at"),
@@ -83,8 +82,8 @@ registrations = Table(
     Column("waitlist_position", Integer, nullable=True),
     Column("checked_in", Boolean, nullable=False),
     Column("working_group_id", Uuid, nullable=True),
-    Column("registered_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("registered_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
     Index("ix_registrations_consultation_id_status", "consultation_id", "status"),
     Index("ix_registrations_organisation_id", "organisation_id"),
 )

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Column, Connection, DateTime, Index, Integer, String, Table, Uuid, select
+from sqlalchemy import Column, Connection, Index, Integer, String, Table, Uuid, select
 
 from infra.projections.base import Tables
-from infra.schema import metadata
+from infra.schema import UtcDateTime, metadata
 from services.ports import RecordedEvent
 
 organisations = Table(
@@ -21,8 +21,8 @@ organisations = Table(
     Column("country", String(2), nullable=False),
     Column("email", String(320), nullable=True),
     Column("website", String(2000), nullable=True),
-    Column("registered_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("registered_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
     Column("version", Integer, nullable=False),
     Index("ix_organisations_country_name", "country", "name"),
 )

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import JSON, Column, Connection, DateTime, Integer, String, Table, Text, Uuid
+from sqlalchemy import JSON, Column, Connection, Integer, String, Table, Text, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 
 from infra.projections.base import Tables
 from infra.projections.consultations import known
-from infra.schema import metadata
+from infra.schema import UtcDateTime, metadata
 from services.ports import EventStore, RecordedEvent
 from services.registry import EVENTS
 from services.series.model import SERIES
@@ -27,7 +27,7 @@ series = Table(
     Column("planned_countries", Json, nullable=False),
     Column("consultations", Json, nullable=False),
     Column("version", Integer, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
 )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
@@ -49,6 +49,7 @@ MEMBERS = frozenset({ADMIN, ORGANISER, OWN_ORG, OTHER_ORG})
 
 C = "/v1/consultations/{consultation_id}"
 R = C + "/registrations/{registration_id}"
+S = "/v1/statements/{statement_id}"
 
 #: (method, path template) -> the callers allowed through. Objects in the paths (and the
 #: ``organisation_id`` in bodies) belong to organisation A; "own" is A's key, "other" is B's.
@@ -86,6 +87,24 @@ ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", R + "/cancel"): OWNER,
     ("POST", R + "/check-in"): ORGANISERS,
     ("POST", R + "/working-group"): ORGANISERS,
+    # joint statements (organisation A is on the drafting committee; B is not)
+    ("POST", C + "/statements"): ORGANISERS,
+    ("GET", S): ANY_KEY,  # a draft; public once published
+    ("GET", S + "/endorsements"): ANY_KEY,
+    ("GET", S + "/document.{kind}"): PUBLIC,
+    ("GET", "/v1/jobs/{job_id}"): PUBLIC,
+    ("POST", S + "/recommendations"): OWNER,
+    ("PATCH", S + "/recommendations/{recommendation_id}"): OWNER,
+    ("DELETE", S + "/recommendations/{recommendation_id}"): OWNER,
+    ("POST", S + "/amendments"): OWNER,
+    ("POST", S + "/amendments/{amendment_id}/accept"): OWNER,
+    ("POST", S + "/amendments/{amendment_id}/reject"): OWNER,
+    ("POST", S + "/finalise"): OWNER,
+    ("POST", S + "/reopen"): OWNER,
+    ("POST", S + "/close-endorsements"): OWNER,
+    ("POST", S + "/publish"): OWNER,
+    ("POST", S + "/endorsements"): OWNER,
+    ("DELETE", S + "/endorsements/{organisation_id}"): OWNER,
     # series
     ("POST", "/v1/series"): ORGANISERS,
     ("GET", "/v1/series/{series_id}"): PUBLIC,
@@ -107,6 +126,15 @@ KNOWN_DEVIATIONS: dict[tuple[str, str, str], str] = {}
 #: Routes whose request cannot succeed on a freshly built world (still allowed: 409, not 403).
 NO_SUCCESS = {
     ("POST", C + "/complete"): "the consultation has not started yet",
+    ("GET", S + "/document.{kind}"): "not published yet (404)",
+    ("GET", "/v1/jobs/{job_id}"): "no such job (404)",
+    ("POST", S + "/amendments/{amendment_id}/accept"): "no such amendment (404)",
+    ("POST", S + "/amendments/{amendment_id}/reject"): "no such amendment (404)",
+    ("POST", S + "/reopen"): "the statement is still a draft",
+    ("POST", S + "/close-endorsements"): "the statement is still a draft",
+    ("POST", S + "/publish"): "the statement is still a draft",
+    ("POST", S + "/endorsements"): "the statement is not finalised",
+    ("DELETE", S + "/endorsements/{organisation_id}"): "nothing endorsed yet",
 }
 
 
@@ -129,6 +157,8 @@ class World:
     starts_at: datetime
     thematic_area: str
     headers: dict[str, dict[str, str]]
+    statement_id: str = ""
+    recommendation_id: str = ""
 
     @property
     def ids(self) -> dict[str, str]:
@@ -141,6 +171,11 @@ class World:
             "registration_id": self.registration_a,
             "series_id": self.series_id,
             "key_id": self.spare_key_id,
+            "statement_id": self.statement_id,
+            "recommendation_id": self.recommendation_id,
+            "amendment_id": str(uuid4()),
+            "job_id": str(uuid4()),
+            "kind": "pdf",
         }
 
 
@@ -239,6 +274,20 @@ def build_world(client: TestClient, keys: Keys) -> World:
             "/v1/api-keys", json={"name": "spare", "role": "integrator"}, headers=keys.admin
         )
     )["id"]
+    statement = _created(
+        client.post(
+            f"{url}/statements",
+            json={"title": "Joint statement", "language": "en", "drafting_committee": [org_a]},
+            headers=organiser,
+        )
+    )
+    recommendation = _created(
+        client.post(
+            f"/v1/statements/{statement['id']}/recommendations",
+            json={"thematic_area": area, "text": "Ratify the CMW."},
+            headers=organiser,
+        )
+    )["sections"][0]["recommendations"][0]["id"]
     headers = {
         ANONYMOUS: {},
         BAD_KEY: {"Authorization": "Bearer concord_00000000_not-a-key-we-issued"},
@@ -261,6 +310,8 @@ def build_world(client: TestClient, keys: Keys) -> World:
         starts_at=starts,
         thematic_area=area,
         headers=headers,
+        statement_id=statement["id"],
+        recommendation_id=recommendation,
     )
 
 
@@ -316,6 +367,27 @@ BODIES: dict[tuple[str, str], Callable[[World], Any]] = {
     ("POST", "/v1/series"): lambda w: {"title": "Regional", "planned_countries": ["TH"]},
     ("POST", "/v1/series/{series_id}/countries"): lambda w: {"countries": ["KH"]},
     ("POST", "/v1/api-keys"): lambda w: {"name": "ci", "role": "integrator"},
+    ("POST", C + "/statements"): lambda w: {"title": "Another statement", "language": "en"},
+    ("POST", S + "/recommendations"): lambda w: {
+        "thematic_area": w.thematic_area,
+        "text": "Protect undocumented workers.",
+    },
+    ("PATCH", S + "/recommendations/{recommendation_id}"): lambda w: {"text": "Ratify it now."},
+    ("POST", S + "/amendments"): lambda w: {
+        "recommendation_id": w.recommendation_id,
+        "text": "Ratify the CMW without reservations.",
+        "rationale": "Stronger",
+        "organisation_id": w.org_a,
+    },
+    ("POST", S + "/amendments/{amendment_id}/reject"): lambda w: {"reason": "Out of scope"},
+    ("POST", S + "/finalise"): lambda w: {
+        "endorsement_deadline": (datetime.now(UTC) + timedelta(days=7)).isoformat()
+    },
+    ("POST", S + "/reopen"): lambda w: {"reason": "New facts"},
+    ("POST", S + "/endorsements"): lambda w: {
+        "organisation_id": w.org_a,
+        "signatory_name": "Hà Thị Minh Đức",
+    },
 }
 
 

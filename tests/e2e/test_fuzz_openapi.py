@@ -14,7 +14,6 @@ Bounded and reproducible: a fixed seed, a few examples per operation, no example
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import Failure, FailureGroup
 from schemathesis.openapi.checks import (
-    JsonSchemaError,
     UndefinedContentType,
     UndefinedStatusCode,
 )
@@ -127,15 +125,6 @@ KNOWN = {
     "POST /v1/api-keys: 404 undocumented": Known(
         "test_api_keys_document_what_an_unknown_organisation_gets",
         lambda s: s.operation == "POST /v1/api-keys" and s.undocumented_status(404),
-    ),
-    # An app bug, on SQLite only.
-    "timestamps without an offset": Known(
-        "test_timestamps_carry_an_offset",
-        lambda s: (
-            s.sqlite
-            and isinstance(s.failure, JsonSchemaError)
-            and bool(NAIVE_TIMESTAMP.search(json.dumps(s.failure.instance)))
-        ),
     ),
 }
 
@@ -372,15 +361,7 @@ def test_reads_with_x_min_position_document_503(openapi: dict[str, Any]) -> None
 def test_timestamps_carry_an_offset(
     client: TestClient, keys: Keys, world: World, system: System, request: pytest.FixtureRequest
 ) -> None:
-    """RFC 3339 with an offset, as the contract says; SQLite hands back naive datetimes."""
-    if system.db.is_sqlite:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="App bug on SQLite: DateTime(timezone=True) columns read back naive, so "
-                "organisations, registrations and API keys show timestamps without an offset",
-            )
-        )
+    """RFC 3339 with an offset, as the contract says (SQLite stores none: read back as UTC)."""
     admin = world.headers[ADMIN]
     c = f"/v1/consultations/{world.consultation_id}"
     bodies = [

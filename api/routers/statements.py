@@ -1,0 +1,729 @@
+"""Joint statements: drafting, amendments, finalising, endorsements, publication, documents.
+
+Reads rebuild the statement from its own stream (``?as_of`` is the same fold, stopped
+earlier): the text, its history and the signatories are exactly what the log says.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID, uuid4
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from api.commands import etag, run
+from api.deps import Member, Organiser, Principal, PrincipalDep, SystemDep, ensure_acts_for
+from api.fields import Text
+from api.problems import ProblemError
+from api.routers.consultations import load_doc, parse_as_of
+from api.routers.organisations import _load as load_organisation
+from api.schemas import Problem
+from infra.bootstrap import System
+from infra.documents.storage import MEDIA_TYPES, open_file
+from services.messages import Personal
+from services.registry import EVENTS
+from services.statements import commands as s
+from services.statements.model import (
+    STATEMENT,
+    Statement,
+    active_endorsements,
+    counts_by_country,
+    counts_by_kind,
+    history,
+    pending_amendments,
+    sections_in_order,
+    status,
+)
+
+router = APIRouter(tags=["statements"])
+PEOPLE = uuid.UUID("6f0c4d3e-8a1b-4c55-9e0e-3b1d2f9a7c10")
+ERRORS: dict[int | str, dict[str, Any]] = {
+    c: {"model": Problem} for c in (401, 403, 404, 409, 412, 422)
+}
+
+
+class StatementCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: Text(500)  # type: ignore[valid-type]
+    language: Annotated[str, Field(pattern=r"^[a-zA-Z]{2,3}(-[a-zA-Z0-9]{2,8})*$", max_length=35)]
+    preamble: Text(20_000) | None = None  # type: ignore[valid-type]
+    drafting_committee: list[UUID] = Field(default_factory=list, max_length=50)
+
+
+class RecommendationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    thematic_area: Text(300)  # type: ignore[valid-type]
+    text: Text(20_000)  # type: ignore[valid-type]
+    addressed_to: list[Text(300)] = Field(default_factory=list, max_length=20)  # type: ignore[valid-type]
+
+
+class RecommendationUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: Text(20_000) | None = None  # type: ignore[valid-type]
+    addressed_to: list[Text(300)] | None = Field(default=None, max_length=20)  # type: ignore[valid-type]
+
+
+class Withdrawal(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: Text(2000) | None = None  # type: ignore[valid-type]
+
+
+class AmendmentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    recommendation_id: UUID
+    text: Text(20_000)  # type: ignore[valid-type]
+    rationale: Text(5000)  # type: ignore[valid-type]
+    organisation_id: UUID | None = None
+
+
+class Reason(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: Text(2000)  # type: ignore[valid-type]
+
+
+class Finalise(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    endorsement_deadline: AwareDatetime
+
+
+class EndorsementCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    organisation_id: UUID
+    signatory_name: Text(300)  # type: ignore[valid-type]
+    signatory_title: Text(300) | None = None  # type: ignore[valid-type]
+    content_hash: Annotated[str | None, Field(pattern=r"^[0-9a-f]{64}$")] = Field(
+        default=None, description="The finalised text's hash you read; refused if it changed."
+    )
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Personal) else value
+
+
+async def _fold(
+    system: System, statement_id: UUID, position: int | None = None, when: datetime | None = None
+) -> tuple[Statement, int, list[Any]]:
+    def fold() -> tuple[Statement, int, list[Any]]:
+        records = system.store.read_stream(statement_id, until_position=position, until_time=when)
+        state = STATEMENT.fold(EVENTS.decode(r) for r in records if EVENTS.current_version(r.type))
+        return state, records[-1].version if records else 0, records
+
+    state, version, records = await run_in_threadpool(fold)
+    if not state.exists:
+        raise ProblemError(
+            404, "Not found", f"No statement {statement_id}.", type_="unknown-statement"
+        )
+    return state, version, records
+
+
+def _check_reader(principal: Principal, state: Statement) -> None:
+    """Drafts are for key holders; a published statement is public."""
+    if state.published is None and not principal.authenticated:
+        raise ProblemError(
+            401,
+            "Unauthorized",
+            "Only published statements are public; this needs an API key.",
+            type_="unauthenticated",
+            headers={"WWW-Authenticate": 'Bearer realm="concord"'},
+        )
+
+
+def _times(records: list[Any]) -> dict[int, datetime]:
+    return {r.version: r.recorded_at for r in records}
+
+
+def document(state: Statement, version: int, records: list[Any], public_url: str) -> dict[str, Any]:
+    zone = ZoneInfo(state.timezone or "UTC")
+    at = _times(records)
+
+    def local(moment: datetime | None) -> str | None:
+        return moment.astimezone(zone).isoformat() if moment else None
+
+    return {
+        "id": str(state.statement_id),
+        "consultation_id": str(state.consultation_id),
+        "version": version,
+        "status": status(state),
+        "title": state.title,
+        "language": state.language,
+        "preamble": state.preamble,
+        "drafting_committee": [str(o) for o in state.drafting_committee],
+        "content_hash": state.content_hash,
+        "endorsement_deadline": local(state.endorsement_deadline),
+        "timezone": state.timezone,
+        "sections": [
+            {
+                "id": str(sec.section_id),
+                "thematic_area": sec.thematic_area,
+                "recommendations": [
+                    {
+                        "id": str(r.recommendation_id),
+                        "text": r.text,
+                        "addressed_to": list(r.addressed_to),
+                        "history": [
+                            {
+                                "version": h.version,
+                                "kind": h.kind,
+                                "text": h.text,
+                                "addressed_to": list(h.addressed_to),
+                                "amendment_id": str(h.amendment_id) if h.amendment_id else None,
+                                "reason": h.reason,
+                                "at": local(at.get(h.version)),
+                            }
+                            for h in history(state, r.recommendation_id)
+                        ],
+                    }
+                    for r in sec.recommendations
+                ],
+            }
+            for sec in sections_in_order(state)
+        ],
+        "pending_amendments": [
+            {
+                "id": str(a.amendment_id),
+                "recommendation_id": str(a.recommendation_id),
+                "organisation_id": str(a.organisation_id),
+                "text": a.text,
+                "rationale": a.rationale,
+            }
+            for a in pending_amendments(state)
+        ],
+        "endorsements": {
+            "count": len(active_endorsements(state)),
+            "by_country": counts_by_country(state),
+            "by_kind": counts_by_kind(state),
+        },
+        "documents": (
+            {
+                k: f"{public_url}/v1/statements/{state.statement_id}/document.{k}"
+                for k in state.published.files
+            }
+            if state.published
+            else None
+        ),
+    }
+
+
+def _signatories(state: Statement, records: list[Any]) -> list[dict[str, Any]]:
+    at = _times(records)
+    return [
+        {
+            "organisation_id": str(e.organisation_id),
+            "organisation_name": e.organisation_name,
+            "country": e.organisation_country,
+            "kind": e.organisation_kind,
+            "signatory_name": _plain(e.signatory_name),
+            "signatory_title": _plain(e.signatory_title),
+            "content_hash": e.content_hash,
+            "endorsed_at": at[e.version].isoformat() if e.version in at else None,
+        }
+        for e in active_endorsements(state)
+    ]
+
+
+@router.get("/v1/statements/{statement_id}", responses=ERRORS)
+async def get_statement(
+    statement_id: UUID,
+    response: Response,
+    system: SystemDep,
+    principal: PrincipalDep,
+    as_of: Annotated[
+        str | None, Query(max_length=40, description="RFC 3339 time or position")
+    ] = None,
+) -> dict[str, Any]:
+    """The text by thematic area, pending amendments, each recommendation's history and the
+    endorsement counts; ``as_of`` shows it as it stood then."""
+    position, when = parse_as_of(as_of) if as_of else (None, None)
+    state, version, records = await _fold(system, statement_id, position, when)
+    _check_reader(principal, state)
+    etag(response, version)
+    doc = document(state, version, records, system.settings.public_url)
+    if as_of:
+        doc["signatories"] = _signatories(state, records)
+    return doc
+
+
+@router.get(
+    "/v1/statements/{statement_id}/endorsements",
+    responses={
+        **ERRORS,
+        200: {
+            "description": "The signatories as JSON, or all of them as CSV with format=csv.",
+            "content": {"application/json": {}, "text/csv": {}},
+        },
+    },
+)
+async def list_endorsements(
+    statement_id: UUID,
+    response: Response,
+    system: SystemDep,
+    principal: PrincipalDep,
+    format: Literal["json", "csv"] = "json",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> Any:
+    """Signatories (public once published) with counts by country and kind; ``format=csv``
+    exports them all."""
+    state, version, records = await _fold(system, statement_id)
+    _check_reader(principal, state)
+    rows = _signatories(state, records)
+    if format == "csv":
+        out = io.StringIO()
+        fields = [
+            "organisation_name",
+            "country",
+            "kind",
+            "signatory_name",
+            "signatory_title",
+            "endorsed_at",
+            "content_hash",
+            "organisation_id",
+        ]
+        writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        return Response(
+            out.getvalue().encode("utf-8-sig"),
+            media_type="text/csv; charset=utf-8",
+            headers={
+                "Content-Disposition": f'attachment; filename="signatories-{statement_id}.csv"',
+                "ETag": f'"{version}"',
+            },
+        )
+    etag(response, version)
+    return {
+        "data": rows[offset : offset + limit],
+        "total": len(rows),
+        "limit": limit,
+        "offset": offset,
+        "by_country": counts_by_country(state),
+        "by_kind": counts_by_kind(state),
+        "content_hash": state.content_hash,
+    }
+
+
+@router.get("/v1/statements/{statement_id}/document.{kind}", responses={404: {"model": Problem}})
+async def get_document(
+    statement_id: UUID, kind: Literal["md", "html", "pdf"], system: SystemDep
+) -> Any:
+    """The compiled statement with its signatories (404 until published)."""
+    state, _, _ = await _fold(system, statement_id)
+    files = state.published.files if state.published else {}
+    path = open_file(system.settings.data_dir, files[kind], kind) if kind in files else None
+    if path is None:
+        raise ProblemError(
+            404, "Not found", "The statement has not been published yet.", type_="unknown-document"
+        )
+    return FileResponse(
+        path,
+        media_type=MEDIA_TYPES[kind],
+        filename=f"statement-{statement_id}.{kind}",
+        headers={
+            "ETag": f'"{files[kind]}"',
+            "Cache-Control": "public, max-age=31536000, immutable",
+        },
+    )
+
+
+@router.get("/v1/jobs/{job_id}", responses={404: {"model": Problem}})
+async def get_job(job_id: UUID, system: SystemDep, statement_id: UUID) -> dict[str, Any]:
+    """A publication job: queued until the worker has compiled and published the statement."""
+    state, _, _ = await _fold(system, statement_id)
+    if job_id not in state.publication_jobs:
+        raise ProblemError(404, "Not found", f"No job {job_id}.", type_="unknown-job")
+    done = state.published is not None and state.published.job_id == job_id
+    return {
+        "id": str(job_id),
+        "statement_id": str(statement_id),
+        "status": "done" if done else "queued",
+        "files": dict(state.published.files) if done and state.published else None,
+    }
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+async def _command(
+    system: System,
+    request: Request,
+    response: Response,
+    principal: Principal,
+    statement_id: UUID,
+    cmd: Any,
+) -> Any:
+    return await run(system, request, response, principal, STATEMENT, statement_id, cmd)
+
+
+async def _answer(system: System, statement_id: UUID, response: Response) -> dict[str, Any]:
+    state, version, records = await _fold(system, statement_id)
+    etag(response, version)
+    return document(state, version, records, system.settings.public_url)
+
+
+@router.post("/v1/consultations/{consultation_id}/statements", status_code=201, responses=ERRORS)
+async def start_drafting(
+    consultation_id: UUID,
+    body: StatementCreate,
+    request: Request,
+    response: Response,
+    system: SystemDep,
+    principal: Organiser,
+) -> dict[str, Any]:
+    """Start drafting the joint statement of a consultation (one section per thematic area)."""
+    consultation = await load_doc(system, consultation_id)
+    for org in body.drafting_committee:
+        await load_organisation(system, org)
+    statement_id = uuid4()
+    await _command(
+        system,
+        request,
+        response,
+        principal,
+        statement_id,
+        s.StartDrafting(
+            statement_id,
+            consultation_id,
+            body.title,
+            body.language,
+            tuple(consultation["thematic_areas"]),
+            body.preamble,
+            tuple(body.drafting_committee),
+        ),
+    )
+    response.headers["Location"] = f"/v1/statements/{statement_id}"
+    return await _answer(system, statement_id, response)
+
+
+@router.post("/v1/statements/{statement_id}/recommendations", status_code=201, responses=ERRORS)
+async def add_recommendation(
+    statement_id: UUID,
+    body: RecommendationCreate,
+    request: Request,
+    response: Response,
+    system: SystemDep,
+    principal: Member,
+) -> dict[str, Any]:
+    """Add a recommendation to the section of its thematic area."""
+    rid = uuid4()
+    await _command(
+        system,
+        request,
+        response,
+        principal,
+        statement_id,
+        s.AddRecommendation(
+            statement_id, rid, body.thematic_area, body.text, tuple(body.addressed_to)
+        ),
+    )
+    return await _answer(system, statement_id, response)
+
+
+@router.patch("/v1/statements/{statement_id}/recommendations/{recommendation_id}", responses=ERRORS)
+async def revise_recommendation(
+    statement_id: UUID,
+    recommendation_id: UUID,
+    body: RecommendationUpdate,
+    request: Request,
+    response: Response,
+    system: SystemDep,
+    principal: Member,
+) -> dict[str, Any]:
+    """Revise a recommendation while drafting."""
+    await _command(
+        system,
+        request,
+        response,
+        principal,
+        statement_id,
+        s.ReviseRecommendation(
+            statement_id,
+            recommendation_id,
+            body.text,
+            tuple(body.addressed_to) if body.addressed_to is not None else None,
+        ),
+    )
+    return await _answer(system, statement_id, response)
+
+
+@router.delete(
+    "/v1/statements/{statement_id}/recommendations/{recommendation_id}", responses=ERRORS
+)
+async def withdraw_recommendation(
+    statement_id: UUID,
+    recommendation_id: UUID,
+    request: Request,
+    response: Response,
+    system: SystemDep,
+    principal: Member,
+    body: Withdrawal | None = None,
+) -> dict[str, Any]:
+    """Withdraw a recommendation (it stays in the history)."""
+    await _command(
+        system,
+        request,
+        response,
+        principal,
+        statement_id,
+        s.WithdrawRecommendation(statement_id, recommendation_id, body.reason if body else None),
+    )
+    return await _answer(system, statement_id, response)
+
+
+@router.post("/v1/statements/{statement_id}/amendments", status_code=201, responses=ERRORS)
+async def propose_amendment(
+    statement_id: UUID,
+    body: AmendmentCreate,
+    request: Request,
+    response: Response,
+    system: SystemDep,
+    principal: Member,
+) -> dict[str, Any]:
+    """An organisation proposes new text for a recommendation."""
+    organisation_id = body.organisation_id or principal.organisation_id
+    if organisation_id is None:
+        raise ProblemError(
+            422,
+            "Validation failed",
+            "Name the proposing organisation.",
+            type_="validation-failed",
+            errors=[
+                {
+                    "field": "organisation_id",
+                    "in": "body",
+                    "message": "required for this key",
+                    "type": "missing",
+                }
+            ],
+        )
+    ensure_acts_for(principal, organisation_id)
+    await load_organisation(system, organisation_id)
+    aid = uuid4()
+    await _command(
+        system,
+        request,
+        response,
+        principal,
+        statement_id,
+        s.ProposeAmendment(
+            statement_id, aid, body.recommendation_id, organisation_id, body.text, body.rationale
+        ),
+    )
+    response.headers["Location"] = f"/v1/statements/{statement_id}/amendments/{aid}"
+    return {**await _answer(system, statement_id, response), "amendment_id": str(aid)}
+
+
+@router.post("/v1/statements/{statement_id}/amendments/{amendment_id}/accept", responses=ERRORS)
+async def accept_amendment(
+    statement_id: UUID,
+    amendment_id: UUID,
+    request: Request,
+    response: Response,
+    system: SystemDep,
+    principal: Member,
+) -> dict[str, Any]:
+    """Accept an amendment: its text becomes the recommendation's."""
+    await _command(
+        system,
+        request,
+        response,
+        principal,
+        statement_id,
+        s.AcceptAmendment(statement_id, amendment_id),
+    )
+    return await _answer(system, statement_id, response)
+
+
+@router.post("/v1/statements/{statement_id}/amendments/{amendment_id}/reject", responses=ERRORS)
+async def reject_amendment(
+    statement_id: UUID,
+    amendment_id: UUID,
+    body: Reason,
+    request: Request,
+    response: Response,
+    system: SystemDep,
+    principal: Member,
+) -> dict[str, Any]:
+    """Reject an amendment, with the reason."""
+    await _command(
+        system,
+        request,
+        response,
+        principal,
+        statement_id,
+        s.RejectAmendment(statement_id, amendment_id, body.reason),
+    )
+    return await _answer(system, statement_id, response)
+
+
+@router.post("/v1/statements/{statement_id}/finalise", responses=ERRORS)
+async def finalise(
+    statement_id: UUID,
+    body: Finalise,
+    request: Request,
+    response: Response,
+    system: SystemDep,
+    principal: Member,
+) -> dict[str, Any]:
+    """Freeze the text (its content hash) and open it for endorsement until the deadline."""
+    state, _, _ = await _fold(system, statement_id)
+    consultation = await load_doc(system, state.consultation_id)  # type: ignore[arg-type]
+    await _command(
+        system,
+        request,
+        response,
+        principal,
+        statement_id,
+        s.FinaliseStatement(
+            statement_id, body.endorsement_deadline.astimezone(UTC), consultation["timezone"]
+        ),
+    )
+    return await _answer(system, statement_id, response)
+
+
+@router.post("/v1/statements/{statement_id}/reopen", responses=ERRORS)
+async def reopen(
+    statement_id: UUID,
+    body: Reason,
+    request: Request,
+    response: Response,
+    system: SystemDep,
+    principal: Member,
+) -> dict[str, Any]:
+    """Reopen for drafting: every endorsement so far is voided."""
+    await _command(
+        system,
+        request,
+        response,
+        principal,
+        statement_id,
+        s.ReopenStatement(statement_id, body.reason),
+    )
+    return await _answer(system, statement_id, response)
+
+
+@router.post("/v1/statements/{statement_id}/close-endorsements", responses=ERRORS)
+async def close_endorsements(
+    statement_id: UUID,
+    request: Request,
+    response: Response,
+    system: SystemDep,
+    principal: Member,
+) -> dict[str, Any]:
+    """Close endorsements: the list of signatories is final."""
+    await _command(
+        system, request, response, principal, statement_id, s.CloseEndorsements(statement_id)
+    )
+    return await _answer(system, statement_id, response)
+
+
+@router.post("/v1/statements/{statement_id}/publish", status_code=202, responses=ERRORS)
+async def publish(
+    statement_id: UUID,
+    request: Request,
+    response: Response,
+    system: SystemDep,
+    principal: Member,
+) -> dict[str, Any]:
+    """Compile and publish in the background; answers 202 with the job to follow."""
+    state, _, _ = await _fold(system, statement_id)
+    if state.publication_jobs and state.published is None:
+        job_id = state.publication_jobs[-1]  # already queued: the same job
+    else:
+        job_id = uuid4()
+        await _command(
+            system,
+            request,
+            response,
+            principal,
+            statement_id,
+            s.RequestPublication(statement_id, job_id),
+        )
+    location = f"/v1/jobs/{job_id}?statement_id={statement_id}"
+    response.headers["Location"] = location
+    return {
+        "id": str(job_id),
+        "statement_id": str(statement_id),
+        "status": "queued",
+        "href": location,
+    }
+
+
+@router.post("/v1/statements/{statement_id}/endorsements", status_code=201, responses=ERRORS)
+async def endorse(
+    statement_id: UUID,
+    body: EndorsementCreate,
+    request: Request,
+    response: Response,
+    system: SystemDep,
+    principal: Member,
+) -> dict[str, Any]:
+    """Endorse the finalised text for one organisation (each only for itself, once)."""
+    ensure_acts_for(principal, body.organisation_id)
+    organisation = await load_organisation(system, body.organisation_id)
+    outcome = await _command(
+        system,
+        request,
+        response,
+        principal,
+        statement_id,
+        s.EndorseStatement(
+            statement_id=statement_id,
+            organisation_id=body.organisation_id,
+            person_id=uuid.uuid5(
+                PEOPLE, f"{body.organisation_id}/{body.signatory_name.casefold()}"
+            ),
+            signatory_name=body.signatory_name,
+            signatory_title=body.signatory_title,
+            organisation_name=organisation.name,
+            organisation_country=organisation.country,
+            organisation_kind=organisation.kind,
+            content_hash=body.content_hash,
+        ),
+    )
+    response.headers["Location"] = (
+        f"/v1/statements/{statement_id}/endorsements/{body.organisation_id}"
+    )
+    event = outcome.recorded[-1] if outcome.recorded else None
+    return {
+        "statement_id": str(statement_id),
+        "organisation_id": str(body.organisation_id),
+        "signatory_name": body.signatory_name,
+        "signatory_title": body.signatory_title,
+        "content_hash": event.data.get("content_hash") if event else None,
+        "position": outcome.position,
+        "version": outcome.version,
+    }
+
+
+@router.delete("/v1/statements/{statement_id}/endorsements/{organisation_id}", responses=ERRORS)
+async def withdraw_endorsement(
+    statement_id: UUID,
+    organisation_id: UUID,
+    request: Request,
+    response: Response,
+    system: SystemDep,
+    principal: Member,
+    body: Withdrawal | None = None,
+) -> dict[str, Any]:
+    """Withdraw an organisation's endorsement (it stays in the history)."""
+    ensure_acts_for(principal, organisation_id)
+    await _command(
+        system,
+        request,
+        response,
+        principal,
+        statement_id,
+        s.WithdrawEndorsement(statement_id, organisation_id, body.reason if body else None),
+    )
+    return await _answer(system, statement_id, response)

@@ -1,0 +1,125 @@
+"""Compile and publish a joint statement from the event log (run by a Celery worker).
+
+Idempotent and restartable: everything is read from the committed log (the statement's
+stream and its consultation's), the compile time is the time the publication request was
+recorded, so compiling twice gives the same bytes; files are content-addressed and written
+atomically; the compiled and published events are no-ops when already recorded for the job.
+A worker killed halfway simply runs the task again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import structlog
+
+from infra.bootstrap import System
+from infra.documents.model import ERASED, Consultation, Recommendation, Section, Signatory
+from infra.documents.model import StatementDocument as Document
+from infra.documents.render import render
+from infra.documents.storage import store
+from services.consultations.model import CONSULTATION
+from services.messages import Personal
+from services.ports import Metadata
+from services.registry import EVENTS
+from services.statements.commands import PublishStatement, RecordCompilation
+from services.statements.model import STATEMENT, Statement, active_endorsements, sections_in_order
+
+log = structlog.get_logger("concord.compile")
+WORKER = Metadata(actor="worker: statements.compile")
+
+
+def _plain(value: Personal[str] | None) -> str | None:
+    if value is None:
+        return None
+    return value.value if isinstance(value, Personal) else ERASED
+
+
+def build(system: System, statement_id: UUID, job_id: UUID) -> tuple[Statement, Document]:
+    """The statement as the log says it stood when publication was requested by ``job_id``."""
+    records = system.store.read_stream(statement_id)
+    request = next(
+        (
+            r
+            for r in records
+            if r.type == "statement.publication_requested" and r.data.get("job_id") == str(job_id)
+        ),
+        None,
+    )
+    if request is None:
+        raise LookupError(f"no publication job {job_id} for statement {statement_id}")
+    upto = [r for r in records if r.version <= request.version]
+    state = STATEMENT.fold(EVENTS.decode(r) for r in upto)
+    finalised_at = max(r.recorded_at for r in upto if r.type == "statement.finalised")
+    consultation_records = system.store.read_stream(state.consultation_id)  # type: ignore[arg-type]
+    consultation = CONSULTATION.fold(EVENTS.decode(r) for r in consultation_records)
+    sections = tuple(
+        Section(
+            thematic_area=section.thematic_area,
+            recommendations=tuple(
+                Recommendation(f"{i}.{j}", r.text, r.addressed_to)
+                for j, r in enumerate(section.recommendations, start=1)
+            ),
+        )
+        for i, section in enumerate(sections_in_order(state, include_empty=False), start=1)
+    )
+    signatories = tuple(
+        Signatory(
+            organisation_name=e.organisation_name,
+            acronym=None,
+            country=e.organisation_country,
+            kind=e.organisation_kind,
+            signatory_name=_plain(e.signatory_name) or ERASED,
+            signatory_title=_plain(e.signatory_title),
+        )
+        for e in active_endorsements(state)
+    )
+    document = Document(
+        statement_id=statement_id,
+        title=state.title,
+        language=state.language,
+        preamble=state.preamble,
+        consultation=Consultation(
+            title=consultation.title,
+            city=consultation.city,
+            host_country=consultation.host_country,
+            starts_at=consultation.starts_at,
+            ends_at=consultation.ends_at,
+            timezone=consultation.timezone,
+        ),
+        sections=sections,
+        content_hash=state.content_hash or "",
+        finalised_at=finalised_at,
+        endorsement_deadline=state.endorsement_deadline or finalised_at,
+        compiled_at=request.recorded_at,
+        public_url=system.settings.public_url,
+        signatories=signatories,
+    )
+    return state, document
+
+
+def compile_statement(system: System, statement_id: UUID, job_id: UUID) -> dict[str, Any]:
+    """Render, store and record; returns the files by kind (sha256)."""
+    current = system.bus.load(STATEMENT, statement_id)[0]
+    if current.published is not None:
+        log.info("already published", statement_id=str(statement_id), job_id=str(job_id))
+        return dict(current.published.files)
+    _, document = build(system, statement_id, job_id)
+    files = {
+        kind: stored.sha256
+        for kind, stored in store(system.settings.data_dir, render(document)).items()
+    }
+    system.bus.handle(
+        STATEMENT,
+        statement_id,
+        RecordCompilation(statement_id, job_id, document.content_hash, files, document.compiled_at),
+        metadata=WORKER,
+    )
+    outcome = system.bus.handle(
+        STATEMENT, statement_id, PublishStatement(statement_id, job_id), metadata=WORKER
+    )
+    if outcome.position is not None:
+        system.projector.catch_up(until=outcome.position)
+    log.info("statement published", statement_id=str(statement_id), job_id=str(job_id), **files)
+    return files
