@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from api import problems
+from api import openapi, problems
 from api.deps import current_principal
 from api.idempotency import Idempotency
 from api.middleware import BodyLimit, RequestContext
@@ -69,6 +69,7 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
     if system is not None:
         app.state.system = system
     problems.install(app)
+    openapi.install(app)
     app.include_router(health.router)
     # Every /v1 route checks a key that is sent, even a public one: a bad key is always 401.
     checked = [Depends(current_principal)]

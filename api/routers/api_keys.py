@@ -63,7 +63,23 @@ async def create_api_key(body: ApiKeyCreate, system: SystemDep, principal: Admin
     if body.organisation_id is not None:
         from api.routers.organisations import _load
 
-        await _load(system, body.organisation_id)  # 404 for an unknown organisation
+        try:
+            await _load(system, body.organisation_id)
+        except ProblemError:
+            raise ProblemError(
+                422,
+                "Validation failed",
+                f"Unknown organisation {body.organisation_id}.",
+                type_="validation-failed",
+                errors=[
+                    {
+                        "field": "organisation_id",
+                        "in": "body",
+                        "message": "unknown organisation",
+                        "type": "unknown",
+                    }
+                ],
+            ) from None
     try:
         key, secret = await run_in_threadpool(
             system.keys.create, body.role, body.name, body.organisation_id, principal.actor

@@ -4,10 +4,9 @@ Every operation in ``/openapi.json`` gets valid and invalid requests (Schemathes
 negative modes), some of the valid ones aimed at real objects. Each response must not be a 5xx
 and must be what the schema documents: the status code, the content type and the body.
 
-What is known to be wrong today is tolerated one item at a time in ``KNOWN``: gaps in the
-schema, and app bugs. Each entry names a strict xfail test below that shows it on its own;
-fixing it turns that test red, and the entry goes. Anything else fails with a curl line that
-reproduces it.
+Anything known to be wrong would be tolerated one item at a time in ``KNOWN`` (empty today),
+each entry naming a test below that shows it on its own. Every other failure is reported with
+a curl line that reproduces it.
 
 Bounded and reproducible: a fixed seed, a few examples per operation, no example database.
 """
@@ -102,31 +101,7 @@ class Known:
 #: A timestamp without a UTC offset, as a JSON string.
 NAIVE_TIMESTAMP = re.compile(r'"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?"')
 
-KNOWN = {
-    # Gaps in the schema: the app answers as the contract says, the schema does not say so.
-    "problem+json documented as application/json": Known(
-        "test_error_responses_are_documented_as_problem_json",
-        lambda s: s.undocumented_media_type(PROBLEM),
-    ),
-    "calendar documented as JSON": Known(
-        "test_the_calendar_is_documented_as_text_calendar",
-        lambda s: s.undocumented_media_type("text/calendar"),
-    ),
-    "400 undocumented": Known(
-        "test_operations_document_400_for_malformed_input", lambda s: s.undocumented_status(400)
-    ),
-    "event routes document no 401/403": Known(
-        "test_event_routes_document_401_and_403",
-        lambda s: (
-            s.operation.startswith(("GET /v1/events", "GET /v1/streams/"))
-            and s.undocumented_status(401, 403)
-        ),
-    ),
-    "POST /v1/api-keys: 404 undocumented": Known(
-        "test_api_keys_document_what_an_unknown_organisation_gets",
-        lambda s: s.operation == "POST /v1/api-keys" and s.undocumented_status(404),
-    ),
-}
+KNOWN: dict[str, Known] = {}
 
 
 def is_known(seen: Seen) -> bool:
@@ -254,7 +229,7 @@ def test_every_known_item_names_a_test_here() -> None:
     assert names <= set(globals()), names - set(globals())
 
 
-# -- each known item on its own: strict xfails, red once fixed -----------------------------------
+# -- what the schema documents, each checked on its own -----------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -278,12 +253,6 @@ def _operations(openapi: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]
             yield f"{method.upper()} {path}", operation
 
 
-GAP = "The OpenAPI schema is incomplete (see KNOWN in this file): "
-
-
-@pytest.mark.xfail(
-    strict=True, reason=GAP + "4xx responses are documented as application/json, not problem+json"
-)
 def test_error_responses_are_documented_as_problem_json(openapi: dict[str, Any]) -> None:
     wrong = [
         f"{name} {status}"
@@ -294,13 +263,11 @@ def test_error_responses_are_documented_as_problem_json(openapi: dict[str, Any])
     assert not wrong, wrong
 
 
-@pytest.mark.xfail(strict=True, reason=GAP + "calendar.ics documents application/json")
 def test_the_calendar_is_documented_as_text_calendar(openapi: dict[str, Any]) -> None:
     calendar = openapi["paths"]["/v1/consultations/{consultation_id}/calendar.ics"]["get"]
     assert "text/calendar" in calendar["responses"]["200"]["content"]
 
 
-@pytest.mark.xfail(strict=True, reason=GAP + "no operation documents 400")
 def test_operations_document_400_for_malformed_input(openapi: dict[str, Any]) -> None:
     """A body that is not JSON and an If-Match that is not an ETag are a 400 (problems.py)."""
     takes_input = [
@@ -314,7 +281,6 @@ def test_operations_document_400_for_malformed_input(openapi: dict[str, Any]) ->
     assert not missing, missing
 
 
-@pytest.mark.xfail(strict=True, reason=GAP + "the event routes document neither 401 nor 403")
 def test_event_routes_document_401_and_403(openapi: dict[str, Any]) -> None:
     missing = [
         (name, status)
@@ -326,11 +292,6 @@ def test_event_routes_document_401_and_403(openapi: dict[str, Any]) -> None:
     assert not missing, missing
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=GAP + "POST /v1/api-keys answers 404 for an unknown organisation_id, undocumented "
-    "(bodies naming an unknown organisation get 422 everywhere else)",
-)
 def test_api_keys_document_what_an_unknown_organisation_gets(
     client: TestClient, keys: Keys, openapi: dict[str, Any]
 ) -> None:
@@ -343,11 +304,6 @@ def test_api_keys_document_what_an_unknown_organisation_gets(
     assert str(response.status_code) in documented, response.status_code
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=GAP + "reads that honour X-Min-Position do not document its 503 "
-    "(not fuzzed: the header is pinned, see MIN_POSITION)",
-)
 def test_reads_with_x_min_position_document_503(openapi: dict[str, Any]) -> None:
     missing = [
         name

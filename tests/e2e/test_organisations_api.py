@@ -164,7 +164,7 @@ def test_organisation_keys_need_a_known_organisation(client: TestClient, keys: K
         json={"name": "x", "role": "organisation", "organisation_id": str(uuid4())},
         headers=admin,
     )
-    assert unknown.status_code == 404
+    assert unknown.status_code == 422
 
 
 def test_if_match_makes_an_update_conditional(client: TestClient, keys: Keys) -> None:
