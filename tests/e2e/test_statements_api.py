@@ -41,6 +41,12 @@ SIGNATORIES = [  # (organisation, country, signatory)
 
 @pytest.fixture
 def drafted(client: TestClient, keys: Keys) -> dict:
+    return draft(client, keys)
+
+
+def draft(client: TestClient, keys: Keys) -> dict:
+    """Sixteen organisations, a consultation that was held, and its statement with a
+    recommendation in each of the seven thematic areas."""
     organiser = keys.organiser
     orgs = {}
     for name, country, _ in SIGNATORIES:
@@ -90,6 +96,25 @@ def drafted(client: TestClient, keys: Keys) -> dict:
         )
         assert r.status_code == 201, r.text
     return {"sid": sid, "orgs": orgs, "organiser": organiser}
+
+
+def sign_and_close(client: TestClient, keys: Keys, drafted: dict) -> str:
+    """Finalise, have all sixteen organisations sign, close; returns the content hash."""
+    url, orgs = f"/v1/statements/{drafted['sid']}", drafted["orgs"]
+    deadline = (datetime.now(UTC) + timedelta(days=7)).isoformat()
+    finalised = client.post(
+        f"{url}/finalise", headers=drafted["organiser"], json={"endorsement_deadline": deadline}
+    )
+    assert finalised.status_code == 200, finalised.text
+    for name, _, signatory in SIGNATORIES:
+        r = client.post(
+            f"{url}/endorsements",
+            headers=keys.make("organisation", orgs[name]),
+            json={"organisation_id": orgs[name], "signatory_name": signatory},
+        )
+        assert r.status_code == 201, r.text
+    assert client.post(f"{url}/close-endorsements", headers=drafted["organiser"]).status_code == 200
+    return str(finalised.json()["content_hash"])
 
 
 def test_the_jakarta_statement_end_to_end(
