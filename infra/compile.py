@@ -123,3 +123,30 @@ def compile_statement(system: System, statement_id: UUID, job_id: UUID) -> dict[
         system.projector.catch_up(until=outcome.position)
     log.info("statement published", statement_id=str(statement_id), job_id=str(job_id), **files)
     return files
+
+
+def unfinished_jobs(system: System, older_than_s: float = 120.0) -> list[tuple[UUID, UUID]]:
+    """(statement, job) pairs requested over ``older_than_s`` ago and still not published.
+
+    A worker killed mid-compile acknowledges nothing, but on Redis its message only comes back
+    after the visibility timeout (an hour): the scheduler's sweep re-enqueues these instead.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+    requested: dict[UUID, tuple[UUID, Any]] = {}
+    published: set[UUID] = set()
+    after = 0
+    kinds = ["statement.publication_requested", "statement.published"]
+    while page := system.store.read_all(after, 1000, types=kinds):
+        for e in page:
+            if e.type == "statement.published":
+                published.add(e.stream_id)
+            else:
+                requested[e.stream_id] = (UUID(e.data["job_id"]), e.recorded_at)
+        after = page[-1].position or after
+    return [
+        (statement_id, job_id)
+        for statement_id, (job_id, at) in requested.items()
+        if statement_id not in published and at < cutoff
+    ]

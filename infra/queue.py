@@ -45,6 +45,9 @@ def make_app(settings: Settings | None = None, include: Sequence[str] = ()) -> C
         beat_schedule={
             # Fallback for writers that died between commit and sequencing.
             "events.sequence": {"task": "events.sequence", "schedule": 5.0},
+            # Jobs a crashed worker left behind (their message would return only after the
+            # broker's visibility timeout).
+            "statements.sweep": {"task": "statements.sweep", "schedule": 60.0},
         },
     )
     if settings.redis_url:

@@ -25,3 +25,14 @@ def compile_statement(statement_id: str, job_id: str) -> dict[str, str]:
     from infra.compile import compile_statement as run
 
     return run(system(), UUID(statement_id), UUID(job_id))
+
+
+@app.task(name="statements.sweep", queue=QUEUE, ignore_result=True)
+def sweep_statements() -> int:
+    """Re-enqueue publication jobs that a crashed worker left unfinished (idempotent)."""
+    from infra.compile import unfinished_jobs
+
+    jobs = unfinished_jobs(system())
+    for statement_id, job_id in jobs:
+        compile_statement.delay(str(statement_id), str(job_id))
+    return len(jobs)

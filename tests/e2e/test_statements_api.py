@@ -284,3 +284,57 @@ def test_the_jakarta_statement_end_to_end(
     ).json()
     assert old["status"] == "finalised"
     assert old["signatories"] == []
+
+
+def test_a_job_whose_worker_died_is_found_and_finished(
+    client: TestClient, keys: Keys, system: System, drafted: dict
+) -> None:
+    """No worker ran the compile (killed, message stranded): the sweep finds the job."""
+    from uuid import UUID
+
+    from infra.compile import unfinished_jobs
+
+    sign_and_close(client, keys, drafted)
+    job = client.post(f"/v1/statements/{drafted['sid']}/publish", headers=drafted["organiser"])
+    assert unfinished_jobs(system, older_than_s=60) == [], "too recent to be stranded"
+    (stranded,) = unfinished_jobs(system, older_than_s=0)
+    assert stranded == (UUID(drafted["sid"]), UUID(job.json()["id"]))
+    compile_statement(system, *stranded)
+    compile_statement(system, *stranded)  # a second, late delivery changes nothing
+    assert unfinished_jobs(system, older_than_s=0) == []
+    assert client.get(job.headers["location"]).json()["status"] == "done"
+    published = system.store.read_all(
+        0, 10_000, types=["statement.compiled", "statement.published"]
+    )
+    assert len(published) == 2, "compiled and published once each"
+
+
+def test_two_concurrent_compiles_produce_one_artefact(
+    client: TestClient, keys: Keys, system: System, drafted: dict
+) -> None:
+    import threading
+    from uuid import UUID
+
+    sign_and_close(client, keys, drafted)
+    job = client.post(f"/v1/statements/{drafted['sid']}/publish", headers=drafted["organiser"])
+    ids = (UUID(drafted["sid"]), UUID(job.json()["id"]))
+    results: list[dict] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(compile_statement(system, *ids))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert results[0] == results[1], "the same bytes, hence the same content hashes"
+    recorded = system.store.read_all(0, 10_000, types=["statement.compiled", "statement.published"])
+    assert [e.type for e in recorded] == ["statement.compiled", "statement.published"]
+    stored = list((system.settings.data_dir / "documents").rglob("*.pdf"))
+    assert len(stored) == 1
