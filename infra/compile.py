@@ -24,6 +24,7 @@ from services.messages import Personal
 from services.ports import Metadata
 from services.registry import EVENTS
 from services.statements.commands import PublishStatement, RecordCompilation
+from services.statements.errors import AlreadyPublished
 from services.statements.model import STATEMENT, Statement, active_endorsements, sections_in_order
 
 log = structlog.get_logger("concord.compile")
@@ -110,15 +111,25 @@ def compile_statement(system: System, statement_id: UUID, job_id: UUID) -> dict[
         kind: stored.sha256
         for kind, stored in store(system.settings.data_dir, render(document)).items()
     }
-    system.bus.handle(
-        STATEMENT,
-        statement_id,
-        RecordCompilation(statement_id, job_id, document.content_hash, files, document.compiled_at),
-        metadata=WORKER,
-    )
-    outcome = system.bus.handle(
-        STATEMENT, statement_id, PublishStatement(statement_id, job_id), metadata=WORKER
-    )
+    try:
+        system.bus.handle(
+            STATEMENT,
+            statement_id,
+            RecordCompilation(
+                statement_id, job_id, document.content_hash, files, document.compiled_at
+            ),
+            metadata=WORKER,
+        )
+        outcome = system.bus.handle(
+            STATEMENT, statement_id, PublishStatement(statement_id, job_id), metadata=WORKER
+        )
+    except AlreadyPublished:
+        # Another run of the same job (a redelivery, the sweep) finished first: its files
+        # are ours too, byte for byte.
+        done = system.bus.load(STATEMENT, statement_id)[0].published
+        if done is None or done.job_id != job_id:
+            raise
+        return dict(done.files)
     if outcome.position is not None:
         system.projector.catch_up(until=outcome.position)
     log.info("statement published", statement_id=str(statement_id), job_id=str(job_id), **files)
