@@ -28,11 +28,11 @@ def compile_statement(statement_id: str, job_id: str) -> dict[str, str]:
 
 
 @app.task(name="statements.sweep", queue=QUEUE, ignore_result=True)
-def sweep_statements() -> int:
+def sweep_statements(older_than_s: float = 120.0) -> int:
     """Re-enqueue publication jobs that a crashed worker left unfinished (idempotent)."""
     from infra.compile import unfinished_jobs
 
-    jobs = unfinished_jobs(system())
+    jobs = unfinished_jobs(system(), older_than_s)
     for statement_id, job_id in jobs:
         compile_statement.delay(str(statement_id), str(job_id))
     return len(jobs)

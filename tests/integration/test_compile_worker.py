@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import time
@@ -75,3 +76,67 @@ def test_a_redis_worker_compiles_the_signed_statement(pg_system: System, tmp_pat
         worker.wait(timeout=60)
         log.close()
     assert "statements.compile" in (tmp_path / "worker.log").read_text(errors="replace")
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "worker", "--concurrency", "1"],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: kill -9 takes the pool child too
+        )
+
+
+def test_a_worker_killed_mid_compile_loses_nothing(pg_system: System, tmp_path: Path) -> None:
+    """kill -9 of the whole worker while it compiles; after a restart the sweep finishes the
+    job, once: compiled and published appear exactly once in the log."""
+    import signal
+
+    from infra.queue import make_app
+    from infra.settings import Settings
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": pg_system.settings.database_url,
+        "REDIS_URL": os.environ["REDIS_URL"],
+        "CONCORD_DATA_DIR": str(pg_system.settings.data_dir),
+        "CONCORD_LOG_FORMAT": "console",
+    }
+    log = tmp_path / "worker.log"
+    first = start_worker(env, log)
+    with TestClient(create_app(pg_system)) as client:
+        keys = Keys(pg_system)
+        drafted = draft(client, keys)
+        sign_and_close(client, keys, drafted)
+        job = client.post(f"/v1/statements/{drafted['sid']}/publish", headers=drafted["organiser"])
+        deadline = time.monotonic() + 60
+        started = re.compile(r"Task statements\.compile\[[0-9a-f-]+\] received")
+        while not started.search(log.read_text(errors="replace")):
+            assert time.monotonic() < deadline, "the worker never started compiling"
+            time.sleep(0.02)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+        second = start_worker(env, log)
+        try:
+            celery = make_app(
+                Settings(
+                    REDIS_URL=os.environ["REDIS_URL"],
+                    DATABASE_URL=pg_system.settings.database_url,
+                    CONCORD_DATA_DIR=tmp_path / "client",
+                )
+            )
+            deadline = time.monotonic() + 120
+            while client.get(job.headers["location"]).json()["status"] != "done":
+                assert time.monotonic() < deadline, "the job never finished after the restart"
+                celery.send_task("statements.sweep", kwargs={"older_than_s": 0}, queue="concord")
+                time.sleep(2)
+        finally:
+            os.killpg(second.pid, signal.SIGTERM)
+            second.wait(timeout=60)
+    recorded = pg_system.store.read_all(
+        0, 10_000, types=["statement.compiled", "statement.published"]
+    )
+    assert [e.type for e in recorded] == ["statement.compiled", "statement.published"]
