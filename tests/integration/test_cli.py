@@ -18,6 +18,8 @@ from infra.bootstrap import bootstrap
 from infra.cli import app
 from infra.settings import Settings
 from services.ports import NO_STREAM, NewEvent
+from tests.e2e.conftest import Keys
+from tests.e2e.test_statements_api import draft, sign_and_close
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,8 +73,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_serve_in_embedded_mode_runs_api_worker_and_scheduler(embedded_env: dict[str, str]) -> None:
-    """What ``make run`` starts: one command, no external server, projections kept current."""
+def test_serve_in_embedded_mode_runs_api_worker_and_scheduler(
+    embedded_env: dict[str, str], tmp_path: Path
+) -> None:
+    """What ``make run`` starts: one command, no external server, projections kept current,
+    and a statement published through the embedded broker and worker."""
     env = {**os.environ, **embedded_env}
     env.pop("DATABASE_URL", None)
     env.pop("REDIS_URL", None)
@@ -84,13 +89,15 @@ def test_serve_in_embedded_mode_runs_api_worker_and_scheduler(embedded_env: dict
         capture_output=True,
     )
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "infra.cli", "serve", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "serve", "--port", str(port)],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -112,7 +119,6 @@ def test_serve_in_embedded_mode_runs_api_worker_and_scheduler(embedded_env: dict
             assert time.monotonic() < deadline, "the embedded worker never caught up"
             time.sleep(0.2)
         _, secret = system.keys.create("integrator", "cli test")
-        system.close()
         summary = httpx.get(
             f"{base}/v1/streams/{stream}",
             headers={"Authorization": f"Bearer {secret}"},
@@ -120,8 +126,21 @@ def test_serve_in_embedded_mode_runs_api_worker_and_scheduler(embedded_env: dict
         )
         assert summary.status_code == 200
         assert summary.json()["stream_type"] == "consultation"
+        with httpx.Client(base_url=base, timeout=30) as client:
+            drafted = draft(client, Keys(system))  # type: ignore[arg-type]
+            sign_and_close(client, Keys(system), drafted)  # type: ignore[arg-type]
+            url = f"/v1/statements/{drafted['sid']}"
+            job = client.post(f"{url}/publish", headers=drafted["organiser"])
+            assert job.status_code == 202
+            deadline = time.monotonic() + 90
+            while client.get(job.headers["location"]).json()["status"] != "done":
+                assert time.monotonic() < deadline, "the embedded worker never published it"
+                time.sleep(0.5)
+            assert client.get(f"{url}/document.pdf").headers["content-type"] == "application/pdf"
+        system.close()
     finally:
         server.terminate()
-        output = server.communicate(timeout=60)[0].decode(errors="replace")
+        server.wait(timeout=60)
+    output = log.read_text(errors="replace")
     assert "celery@" in output, output[-3000:]
     assert server.returncode is not None
