@@ -25,12 +25,12 @@ from services.decider import Context, Decider
 from services.errors import DomainError
 from services.organisations.commands import RegisterOrganisation
 from services.organisations.model import ORGANISATION
+from services.people import person_id
 from services.ports import Metadata
 from services.series.commands import JoinSeries, LaunchSeries
 from services.series.model import SERIES
 
 NAMESPACE = uuid.UUID("0b7d7a43-2f0e-4c8e-9d4c-5f1a8e6c2b90")
-PEOPLE = uuid.UUID("6f0c4d3e-8a1b-4c55-9e0e-3b1d2f9a7c10")  # as in the API: one id per e-mail
 #: Refusals that mean "this step was loaded before".
 ALREADY = {
     "organisation-already-registered",
@@ -259,7 +259,7 @@ def _plan(_: Loader | None) -> Iterator[tuple[Decider[Any, Any], UUID, Any, date
             c.RegisterParticipant(
                 consultation_id=jkt,
                 registration_id=uid("registration", "jakarta-2018", name),
-                person_id=uuid.uuid5(PEOPLE, email),
+                person_id=person_id(email),
                 name=name,
                 email=email,
                 role=role,

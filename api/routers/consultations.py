@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
@@ -33,14 +32,13 @@ from infra.projections.organisations import organisations
 from infra.projections.series import series as series_table
 from services.consultations import commands as c
 from services.consultations.model import CONSULTATION, Consultation, status_at
+from services.people import person_id
 from services.registry import EVENTS
 from services.series.commands import JoinSeries
 from services.series.model import SERIES
 
 router = APIRouter(prefix="/v1/consultations", tags=["consultations"])
 
-#: Derives a stable person id from an e-mail address (one person, one registration).
-PEOPLE = uuid.UUID("6f0c4d3e-8a1b-4c55-9e0e-3b1d2f9a7c10")
 Status = Literal["planned", "registration_open", "registration_closed", "cancelled", "completed"]
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem},
@@ -751,7 +749,7 @@ async def register(
         c.RegisterParticipant(
             consultation_id=consultation_id,
             registration_id=registration_id,
-            person_id=uuid.uuid5(PEOPLE, email.strip().lower()),
+            person_id=person_id(email),
             name=body.name,
             email=email,
             role=body.role,

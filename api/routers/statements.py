@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
@@ -29,6 +28,7 @@ from api.schemas import Problem
 from infra.bootstrap import System
 from infra.documents.storage import MEDIA_TYPES, open_file
 from services.messages import Personal
+from services.people import person_id
 from services.registry import EVENTS
 from services.statements import commands as s
 from services.statements.model import (
@@ -44,7 +44,6 @@ from services.statements.model import (
 )
 
 router = APIRouter(tags=["statements"])
-PEOPLE = uuid.UUID("6f0c4d3e-8a1b-4c55-9e0e-3b1d2f9a7c10")
 ERRORS: dict[int | str, dict[str, Any]] = {
     c: {"model": Problem} for c in (401, 403, 404, 409, 412, 422)
 }
@@ -680,9 +679,7 @@ async def endorse(
         s.EndorseStatement(
             statement_id=statement_id,
             organisation_id=body.organisation_id,
-            person_id=uuid.uuid5(
-                PEOPLE, f"{body.organisation_id}/{body.signatory_name.casefold()}"
-            ),
+            person_id=person_id(f"{body.organisation_id}/{body.signatory_name}"),
             signatory_name=body.signatory_name,
             signatory_title=body.signatory_title,
             organisation_name=organisation.name,
