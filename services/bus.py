@@ -9,6 +9,7 @@ the caller pinned a version with ``If-Match``, in which case the mismatch is rep
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -65,9 +66,18 @@ class CommandBus:
         self.registry = registry
         self.clock = clock
 
-    def load(self, decider: Decider[S, Any], stream_id: UUID) -> tuple[S, int, int | None]:
-        """(state, version, last position) of one stream, from its events."""
-        records = self.store.read_stream(stream_id)
+    def load(
+        self,
+        decider: Decider[S, Any],
+        stream_id: UUID,
+        *,
+        until_position: int | None = None,
+        until_time: datetime | None = None,
+    ) -> tuple[S, int, int | None]:
+        """(state, version, last position) of one stream, now or as it stood then."""
+        records = self.store.read_stream(
+            stream_id, until_position=until_position, until_time=until_time
+        )
         state = decider.fold(self.registry.decode(r) for r in records)
         if not records:
             return state, 0, None

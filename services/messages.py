@@ -16,7 +16,7 @@ import dataclasses
 import enum
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import date, datetime
 from typing import Any, ClassVar, Generic, TypeVar
 from uuid import UUID
@@ -183,6 +183,11 @@ class EventRegistry:
     def to_new_event(self, event: DomainEvent) -> NewEvent:
         """The storable form of a domain event."""
         return NewEvent(type=event.type, data=to_json(event), schema_version=event.schema_version)
+
+    def decode_known(self, records: Iterable[RecordedEvent]) -> Iterator[DomainEvent]:
+        """The domain events of ``records``, skipping types this code does not know (a newer
+        writer may have added some): for read models, which must not stop on them."""
+        return (self.decode(r) for r in records if r.type in self._classes)
 
     def decode(self, record: RecordedEvent) -> DomainEvent:
         """The domain event a stored record holds (upcasting it first if needed)."""

@@ -61,10 +61,10 @@ ERRORS = {401: {"model": Problem}, 403: {"model": Problem}}
 async def create_api_key(body: ApiKeyCreate, system: SystemDep, principal: Admin) -> ApiKeyCreated:
     """Create a key; the response carries its secret, which is never shown again."""
     if body.organisation_id is not None:
-        from api.routers.organisations import _load
+        from api.routers.organisations import load_organisation
 
         try:
-            await _load(system, body.organisation_id)
+            await load_organisation(system, body.organisation_id)
         except ProblemError:
             raise ProblemError(
                 422,

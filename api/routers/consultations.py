@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 from zoneinfo import ZoneInfo
@@ -33,7 +34,6 @@ from infra.projections.series import series as series_table
 from services.consultations import commands as c
 from services.consultations.model import CONSULTATION, Consultation, status_at
 from services.people import person_id
-from services.registry import EVENTS
 from services.series.commands import JoinSeries
 from services.series.model import SERIES
 
@@ -981,14 +981,11 @@ async def get_consultation(
         return await respond(system, consultation_id, response)
     position, when = parse_as_of(as_of)
 
-    def fold() -> tuple[Consultation, int]:
-        records = system.store.read_stream(
-            consultation_id, until_position=position, until_time=when
+    state, version, _ = await run_in_threadpool(
+        partial(
+            system.bus.load, CONSULTATION, consultation_id, until_position=position, until_time=when
         )
-        state = CONSULTATION.fold(EVENTS.decode(r) for r in records)
-        return state, records[-1].version if records else 0
-
-    state, version = await run_in_threadpool(fold)
+    )
     if not state.exists:
         raise ProblemError(
             404,

@@ -140,7 +140,7 @@ async def register_organisation(
     )
     await run(system, request, response, principal, ORGANISATION, organisation_id, command)
     response.headers["Location"] = f"/v1/organisations/{organisation_id}"
-    return await _load(system, organisation_id)
+    return await load_organisation(system, organisation_id)
 
 
 @router.patch(
@@ -177,7 +177,7 @@ async def revise_organisation(
         command,
         if_match=version,
     )
-    return await _load(system, organisation_id)
+    return await load_organisation(system, organisation_id)
 
 
 @router.get("", response_model=OrganisationsPublic, dependencies=[MinPosition], responses=ERRORS)
@@ -228,7 +228,7 @@ async def get_organisation(
     organisation_id: UUID, response: Response, system: SystemDep, principal: PrincipalDep
 ) -> OrganisationProfile:
     """An organisation's profile (public); with a key, also the consultations it attended."""
-    organisation = await _load(system, organisation_id)
+    organisation = await load_organisation(system, organisation_id)
     etag(response, organisation.version)
     profile = OrganisationProfile(**organisation.model_dump())
     if principal.role in ("admin", "organiser") or (
@@ -261,7 +261,7 @@ def _attended(system: System, organisation_id: UUID) -> list[Attendance]:
     return [Attendance(**row._mapping) for row in rows]
 
 
-async def _load(system: SystemDep, organisation_id: UUID) -> OrganisationPublic:
+async def load_organisation(system: SystemDep, organisation_id: UUID) -> OrganisationPublic:
     def load() -> object:
         with system.db.read() as conn:
             return conn.execute(

@@ -23,7 +23,7 @@ from api.deps import Member, Organiser, Principal, PrincipalDep, SystemDep, ensu
 from api.fields import Text
 from api.problems import ProblemError
 from api.routers.consultations import load_doc, parse_as_of
-from api.routers.organisations import _load as load_organisation
+from api.routers.organisations import load_organisation
 from api.schemas import Problem
 from infra.bootstrap import System
 from infra.documents.storage import MEDIA_TYPES, open_file
@@ -115,7 +115,7 @@ async def _fold(
 ) -> tuple[Statement, int, list[Any]]:
     def fold() -> tuple[Statement, int, list[Any]]:
         records = system.store.read_stream(statement_id, until_position=position, until_time=when)
-        state = STATEMENT.fold(EVENTS.decode(r) for r in records if EVENTS.current_version(r.type))
+        state = STATEMENT.fold(EVENTS.decode_known(records))
         return state, records[-1].version if records else 0, records
 
     state, version, records = await run_in_threadpool(fold)

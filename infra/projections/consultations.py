@@ -89,11 +89,6 @@ registrations = Table(
 )
 
 
-def known(record: RecordedEvent) -> bool:
-    """Whether this code knows the event type (a newer writer may have added types)."""
-    return EVENTS.current_version(record.type) is not None
-
-
 def plain(value: Any) -> Any:
     """Personal data as shown to those allowed to see it."""
     return value.value if isinstance(value, Personal) else value
@@ -190,7 +185,7 @@ class ConsultationViews:
         if cached is not None and cached[0] == version - 1:
             return cached[1]
         records = [r for r in self.store.read_stream(stream_id) if r.version < version]
-        return CONSULTATION.fold(EVENTS.decode(r) for r in records if known(r))
+        return CONSULTATION.fold(EVENTS.decode_known(records))
 
     def apply(self, conn: Connection, tables: Tables, events: Sequence[RecordedEvent]) -> None:
         summary, roster = tables["consultations"], tables["registrations"]
@@ -202,8 +197,8 @@ class ConsultationViews:
             state = self.state_before(stream_id, batch[0].version)
             touched: dict[UUID, datetime] = {}
             for e in batch:
-                if known(e):
-                    state = CONSULTATION.evolve(state, EVENTS.decode(e))
+                for event in EVENTS.decode_known([e]):
+                    state = CONSULTATION.evolve(state, event)
                 rid = e.data.get("registration_id")
                 if rid:
                     touched.setdefault(UUID(rid), e.recorded_at)

@@ -10,7 +10,6 @@ from sqlalchemy import JSON, Column, Connection, Integer, String, Table, Text, U
 from sqlalchemy.dialects.postgresql import JSONB
 
 from infra.projections.base import Tables
-from infra.projections.consultations import known
 from infra.schema import UtcDateTime, metadata
 from services.ports import EventStore, RecordedEvent
 from services.registry import EVENTS
@@ -48,7 +47,7 @@ class SeriesViews:
                 last[e.stream_id] = e
         for stream_id, event in last.items():
             records = [r for r in self.store.read_stream(stream_id) if r.version <= event.version]
-            state = SERIES.fold(EVENTS.decode(r) for r in records if known(r))
+            state = SERIES.fold(EVENTS.decode_known(records))
             if state.series_id is None:
                 continue
             row: dict[str, Any] = {
