@@ -109,9 +109,9 @@ def _lazy_sender(settings: Settings) -> Send:
 
     def send(name: str, kwargs: dict[str, Any]) -> None:
         if not sender:
-            from infra.queue import QUEUE, make_app
+            from infra.queue import make_app
 
-            sender.append(celery_sender(make_app(settings), QUEUE))
+            sender.append(celery_sender(make_app(settings), settings.queue))
         sender[0](name, kwargs)
 
     return send

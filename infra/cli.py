@@ -85,7 +85,7 @@ def worker(
 ) -> None:
     """Run a Celery worker (it also keeps the projections caught up)."""
     settings = get_settings()
-    argv = ["worker", "--queues", "concord", "--loglevel", settings.log_level]
+    argv = ["worker", "--queues", settings.queue, "--loglevel", settings.log_level]
     if settings.embedded:
         # The embedded SQLite broker is polled by one process; prefork gains nothing there.
         argv += ["--pool", "solo"]

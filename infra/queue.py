@@ -11,8 +11,6 @@ from celery import Celery
 
 from infra.settings import Settings, get_settings
 
-QUEUE = "concord"
-
 
 def broker_urls(settings: Settings) -> tuple[str, str]:
     """(broker, result backend) for this environment."""
@@ -34,7 +32,7 @@ def make_app(settings: Settings | None = None, include: Sequence[str] = ()) -> C
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         broker_connection_retry_on_startup=True,
-        task_default_queue=QUEUE,
+        task_default_queue=settings.queue,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],

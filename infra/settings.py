@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     sequence_timeout_s: float = Field(default=10.0, alias="CONCORD_SEQUENCE_TIMEOUT")
     #: Largest request body the API accepts, in bytes.
     max_body_bytes: int = Field(default=1_000_000, alias="CONCORD_MAX_BODY_BYTES")
+    #: The Celery queue this deployment's workers consume (one Redis can serve several).
+    queue: str = Field(default="concord", alias="CONCORD_QUEUE")
     log_format: str = Field(default="json", alias="CONCORD_LOG_FORMAT")
     log_level: str = Field(default="INFO", alias="CONCORD_LOG_LEVEL")
 

@@ -19,6 +19,10 @@ from infra.schema import metadata
 from infra.settings import Settings
 from tests import backends
 
+# Each test run consumes its own Celery queue, so two runs sharing one Redis never take each
+# other's tasks (subprocesses inherit it through the environment).
+os.environ.setdefault("CONCORD_QUEUE", f"concord-test-{uuid.uuid4().hex[:12]}")
+
 _PG = backends.postgres()
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),

@@ -24,7 +24,7 @@ from celery import signals
 
 from infra.bootstrap import System, bootstrap
 from infra.logging import configure as configure_logging
-from infra.queue import QUEUE, make_app
+from infra.queue import make_app
 from infra.runtime import tune_gc
 from infra.settings import get_settings
 
@@ -62,4 +62,4 @@ def _stop_projector(**_: Any) -> None:
         _system = None
 
 
-__all__ = ["QUEUE", "app", "system"]
+__all__ = ["app", "system"]

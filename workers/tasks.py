@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from workers.celery_app import QUEUE, app, system
+from workers.celery_app import app, system
 
 
-@app.task(name="events.sequence", queue=QUEUE, ignore_result=True)
+@app.task(name="events.sequence", ignore_result=True)
 def sequence_events() -> int:
     """Number committed events that still lack a position; returns the head position."""
     return system().store.sequence_pending()
 
 
-@app.task(name="projections.catch_up", queue=QUEUE)
+@app.task(name="projections.catch_up")
 def catch_up_projections(until: int | None = None) -> int:
     """Apply the log to every projection; returns the number of events applied."""
     return system().projector.catch_up(until=until)
 
 
-@app.task(name="statements.compile", queue=QUEUE)
+@app.task(name="statements.compile")
 def compile_statement(statement_id: str, job_id: str) -> dict[str, str]:
     """Render the statement from the log into MD/HTML/PDF, store them, record and publish."""
     from uuid import UUID
@@ -27,7 +27,7 @@ def compile_statement(statement_id: str, job_id: str) -> dict[str, str]:
     return run(system(), UUID(statement_id), UUID(job_id))
 
 
-@app.task(name="statements.sweep", queue=QUEUE, ignore_result=True)
+@app.task(name="statements.sweep", ignore_result=True)
 def sweep_statements(older_than_s: float = 120.0) -> int:
     """Re-enqueue publication jobs that a crashed worker left unfinished (idempotent)."""
     from infra.compile import unfinished_jobs

@@ -131,7 +131,11 @@ def test_a_worker_killed_mid_compile_loses_nothing(pg_system: System, tmp_path: 
             deadline = time.monotonic() + 120
             while client.get(job.headers["location"]).json()["status"] != "done":
                 assert time.monotonic() < deadline, "the job never finished after the restart"
-                celery.send_task("statements.sweep", kwargs={"older_than_s": 0}, queue="concord")
+                celery.send_task(
+                    "statements.sweep",
+                    kwargs={"older_than_s": 0},
+                    queue=os.environ["CONCORD_QUEUE"],
+                )
                 time.sleep(2)
         finally:
             os.killpg(second.pid, signal.SIGTERM)

@@ -63,8 +63,8 @@ def test_tasks_run_on_a_redis_worker_and_the_projector_follows_the_log(
     )
     stream = uuid4()
     pg_system.store.append(stream, "consultation", NO_STREAM, [NewEvent("x.happened", {})])
-    head = app.send_task("events.sequence", queue="concord")
-    applied = app.send_task("projections.catch_up", queue="concord")
+    head = app.send_task("events.sequence", queue=os.environ["CONCORD_QUEUE"])
+    applied = app.send_task("projections.catch_up", queue=os.environ["CONCORD_QUEUE"])
     assert applied.get(timeout=60) in (0, 1)  # the worker's own loop may have been first
     head.forget()
     deadline = time.monotonic() + 30
