@@ -124,3 +124,41 @@ idempotency_keys = Table(
     Column("completed_at", UtcDateTime(), nullable=True),
     Index("ix_idempotency_keys_created_at", "created_at"),
 )
+
+#: One row per e-mail the service decided to send (a reminder or notice for one recipient).
+#: Operational state, not a projection: the ``reminder.sent`` event in the log is the record
+#: that a message went out; this table holds the claim, attempts and back-off around sending.
+#: Recipients are ids (a registration or an organisation); addresses are looked up at send
+#: time, so the table holds no personal data.
+mail_outbox = Table(
+    "mail_outbox",
+    metadata,
+    Column("key", String(400), primary_key=True),
+    Column("reminder_key", String(300), nullable=False),
+    Column("rule", String(64), nullable=False),
+    Column("consultation_id", Uuid, nullable=False),
+    Column("recipient_kind", String(20), nullable=False),
+    Column("recipient_id", Uuid, nullable=False),
+    Column("message_id", String(200), nullable=False),
+    #: pending → sending → sent | failed | dropped | skipped
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("failures", Integer, nullable=False),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
+    Column("claimed_until", UtcDateTime(), nullable=True),
+    Column("last_error", String(1000), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("sent_at", UtcDateTime(), nullable=True),
+    Column("position", BigInteger, nullable=True),
+    Index("ix_mail_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+    Index("ix_mail_outbox_reminder_key", "reminder_key"),
+)
+
+#: Reminders whose recipients have been worked out (once, when the reminder fell due).
+reminder_fanouts = Table(
+    "reminder_fanouts",
+    metadata,
+    Column("reminder_key", String(300), primary_key=True),
+    Column("recipients", Integer, nullable=False),
+    Column("done_at", UtcDateTime(), nullable=False),
+)

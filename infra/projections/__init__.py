@@ -6,6 +6,7 @@ from infra.projections.base import Projection
 from infra.projections.catalog import StreamCatalog
 from infra.projections.consultations import ConsultationViews
 from infra.projections.organisations import OrganisationDirectory
+from infra.projections.reminders import reminders as _reminder_tables  # noqa: F401
 from infra.projections.series import SeriesViews
 from services.ports import EventStore
 
