@@ -1,0 +1,1 @@
+"""What integrators see of the log: the public event contract, the live stream and its limits."""
