@@ -1,0 +1,1 @@
+"""Signed webhooks: subscriptions, the relay from the log, delivery, and the outbound guard."""
