@@ -38,10 +38,12 @@ class Dispatcher:
         self.routes = dict(routes)
 
     def apply(self, conn: Connection, tables: Tables, events: Sequence[RecordedEvent]) -> None:
+        sent: list[Task] = []
         for event in events:
             route = self.routes.get(event.type)
             task = route(event) if route else None
-            if task is not None:
+            if task is not None and task not in sent:  # one tick per batch is enough
+                sent.append(task)
                 name, kwargs = task
                 self.send(name, kwargs)
                 log.info("task enqueued", task=name, position=event.position, **kwargs)

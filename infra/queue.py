@@ -46,6 +46,9 @@ def make_app(settings: Settings | None = None, include: Sequence[str] = ()) -> C
             # Jobs a crashed worker left behind (their message would return only after the
             # broker's visibility timeout).
             "statements.sweep": {"task": "statements.sweep", "schedule": 60.0},
+            # Reminders fall due by the clock: due times live in the database (never in an
+            # ETA past the broker's visibility timeout); each tick fans out what is due.
+            "reminders.tick": {"task": "reminders.tick", "schedule": settings.scheduler_tick_s},
         },
     )
     if settings.redis_url:

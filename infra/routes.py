@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from infra.dispatch import Route, Task
 from services.ports import RecordedEvent
+from services.reminders.rules import NOTICES
 
 
 def _compile(event: RecordedEvent) -> Task:
@@ -13,4 +14,12 @@ def _compile(event: RecordedEvent) -> Task:
     }
 
 
-ROUTES: dict[str, Route] = {"statement.publication_requested": _compile}
+def _notice(event: RecordedEvent) -> Task:
+    """A notice-worthy event: tick now rather than at the next minute."""
+    return "reminders.tick", {}
+
+
+ROUTES: dict[str, Route] = {
+    "statement.publication_requested": _compile,
+    **dict.fromkeys(NOTICES, _notice),
+}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,8 +28,27 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_000_000, alias="CONCORD_MAX_BODY_BYTES")
     #: The Celery queue this deployment's workers consume (one Redis can serve several).
     queue: str = Field(default="concord", alias="CONCORD_QUEUE")
+    #: Sender of every e-mail (a display name is fine: ``Concord <noreply@example.org>``).
+    mail_from: str = Field(default="Concord <concord@localhost>", alias="CONCORD_MAIL_FROM")
+    #: Seconds an SMTP conversation may take before it is abandoned (and retried later).
+    smtp_timeout_s: float = Field(default=30.0, alias="CONCORD_SMTP_TIMEOUT")
+    #: Seconds a worker holds a message it is sending; after that another may take it over.
+    mail_lease_s: float = Field(default=300.0, alias="CONCORD_MAIL_LEASE")
+    #: Failed sends are retried with back-off this many times before a message is given up.
+    mail_max_attempts: int = Field(default=12, alias="CONCORD_MAIL_MAX_ATTEMPTS")
+    #: How often the scheduler looks for due reminders, in seconds.
+    scheduler_tick_s: float = Field(default=60.0, alias="CONCORD_SCHEDULER_TICK")
+    #: Notices older than this (seconds) when they fall due are not sent (e.g. after importing
+    #: an old log, nobody wants 2018's registration confirmations).
+    notice_max_age_s: float = Field(default=86_400.0, alias="CONCORD_NOTICE_MAX_AGE")
     log_format: str = Field(default="json", alias="CONCORD_LOG_FORMAT")
     log_level: str = Field(default="INFO", alias="CONCORD_LOG_LEVEL")
+    #: ``GET /metrics`` without a key: only where that port is not reachable from outside.
+    metrics_public: bool = Field(default=False, alias="CONCORD_METRICS_PUBLIC")
+    #: A bearer token that may read ``GET /metrics`` and nothing else (for the scraper).
+    metrics_token: SecretStr | None = Field(default=None, alias="CONCORD_METRICS_TOKEN")
+    #: prometheus_client's multiprocess directory: set it when the API runs several processes.
+    metrics_multiproc_dir: Path | None = Field(default=None, alias="PROMETHEUS_MULTIPROC_DIR")
 
     @cached_property
     def database_url(self) -> str:

@@ -4,5 +4,7 @@ from __future__ import annotations
 
 import services.consultations.events
 import services.organisations.events
+import services.reminders.events
 import services.series.events
-import services.statements.events  # noqa: F401
+import services.statements.events
+import services.webhooks.events  # noqa: F401

@@ -25,6 +25,7 @@ from celery import signals
 from infra.bootstrap import System, bootstrap
 from infra.logging import configure as configure_logging
 from infra.queue import make_app
+from infra.reminders import Reminders
 from infra.runtime import tune_gc
 from infra.settings import get_settings
 
@@ -32,6 +33,7 @@ log = structlog.get_logger("concord.worker")
 tune_gc()
 app = make_app(include=["workers.tasks"])
 _system: System | None = None
+_reminders: Reminders | None = None
 
 
 def system() -> System:
@@ -40,6 +42,14 @@ def system() -> System:
     if _system is None:
         _system = bootstrap()
     return _system
+
+
+def reminders() -> Reminders:
+    """This process's reminder pipeline (and its mail transport), built on first use."""
+    global _reminders
+    if _reminders is None:
+        _reminders = Reminders(system())
+    return _reminders
 
 
 @signals.setup_logging.connect
@@ -56,10 +66,11 @@ def _start_projector(**_: Any) -> None:
 
 @signals.worker_shutdown.connect
 def _stop_projector(**_: Any) -> None:
-    global _system
+    global _system, _reminders
+    _reminders = None
     if _system is not None:
         _system.close()
         _system = None
 
 
-__all__ = ["app", "system"]
+__all__ = ["app", "reminders", "system"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.celery_app import app, system
+from workers.celery_app import app, reminders, system
 
 
 @app.task(name="events.sequence", ignore_result=True)
@@ -36,3 +36,22 @@ def sweep_statements(older_than_s: float = 120.0) -> int:
     for statement_id, job_id in jobs:
         compile_statement.delay(str(statement_id), str(job_id))
     return len(jobs)
+
+
+@app.task(name="reminders.tick", ignore_result=True)
+def tick_reminders() -> int:
+    """Fan out the reminders that fell due and enqueue one send per ready message.
+
+    Run by the scheduler every minute and by the relay after a notice-worthy event; two
+    schedulers ticking at once still produce each message once (see ``infra.reminders``).
+    """
+    keys = reminders().tick()
+    for key in keys:
+        send_reminder.delay(key)
+    return len(keys)
+
+
+@app.task(name="reminders.send", ignore_result=True)
+def send_reminder(key: str) -> str:
+    """Send one message, exactly once per key; returns what happened."""
+    return reminders().send(key).status

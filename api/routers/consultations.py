@@ -1000,7 +1000,7 @@ async def get_consultation(
 @router.get("/{consultation_id}/calendar.ics", responses={404: {"model": Problem}})
 async def calendar(consultation_id: UUID, system: SystemDep) -> Response:
     """RFC 5545 calendar: the consultation and each agenda session, in its time zone."""
-    from api.calendar import ics
+    from infra.calendar import ics
 
     doc = await load_doc(system, consultation_id)
     body = ics(doc, system.settings.public_url)

@@ -6,11 +6,17 @@ from infra.projections.base import Projection
 from infra.projections.catalog import StreamCatalog
 from infra.projections.consultations import ConsultationViews
 from infra.projections.organisations import OrganisationDirectory
-from infra.projections.reminders import reminders as _reminder_tables  # noqa: F401
+from infra.projections.reminders import ReminderSchedule
 from infra.projections.series import SeriesViews
 from services.ports import EventStore
 
 
 def all_projections(store: EventStore) -> list[Projection]:
     """Every projection the service maintains, in the order they are caught up."""
-    return [StreamCatalog(), OrganisationDirectory(), ConsultationViews(store), SeriesViews(store)]
+    return [
+        StreamCatalog(),
+        OrganisationDirectory(),
+        ConsultationViews(store),
+        SeriesViews(store),
+        ReminderSchedule(),
+    ]

@@ -6,8 +6,9 @@ nothing by naming it in ``cleared`` (a PATCH with ``null``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from uuid import UUID
 
 SCOPES = ("regional", "national")
@@ -184,3 +185,12 @@ class CompleteConsultation:
 class CancelConsultation:
     consultation_id: UUID
     reason: str
+
+
+@dataclass(frozen=True)
+class ConfigureReminders:
+    """Offsets before each reminder anchor (see ``services.reminders.rules``); an anchor left
+    out keeps its current offsets, an empty tuple turns its reminders off."""
+
+    consultation_id: UUID
+    offsets: Mapping[str, tuple[timedelta, ...]]

@@ -6,6 +6,7 @@ Every event names its consultation. Times are UTC. People's names and e-mails ar
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -244,3 +245,14 @@ class ConsultationCancelled(DomainEvent):
     type = "consultation.cancelled"
     consultation_id: UUID
     reason: str
+
+
+@EVENTS.register
+@dataclass(frozen=True)
+class RemindersConfigured(DomainEvent):
+    """The consultation's own reminder offsets, in seconds before each anchor; anchors not
+    named here use the defaults."""
+
+    type = "consultation.reminders_configured"
+    consultation_id: UUID
+    offsets: Mapping[str, tuple[int, ...]]

@@ -37,6 +37,7 @@ from services.consultations.commands import (
     CheckIn,
     CloseRegistration,
     CompleteConsultation,
+    ConfigureReminders,
     FormWorkingGroup,
     OpenRegistration,
     PlanConsultation,
@@ -87,6 +88,7 @@ from services.consultations.events import (
     RegistrationCancelled,
     RegistrationClosed,
     RegistrationOpened,
+    RemindersConfigured,
     SessionChanged,
     SessionRemoved,
     SessionScheduled,
@@ -95,6 +97,7 @@ from services.consultations.events import (
 )
 from services.decider import Context, Decider
 from services.messages import DomainEvent, Personal
+from services.reminders.rules import check_offsets
 
 STREAM_TYPE = "consultation"
 
@@ -202,6 +205,8 @@ class Consultation:
     working_groups: Mapping[UUID, WorkingGroup] = field(default_factory=dict)
     registrations: Mapping[UUID, Registration] = field(default_factory=dict)
     waitlist_ids: tuple[UUID, ...] = ()
+    #: Reminder offsets (seconds) per anchor where the organiser chose them.
+    reminder_offsets: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def exists(self) -> bool:
@@ -312,6 +317,7 @@ Command = (
     | AssignToWorkingGroup
     | CompleteConsultation
     | CancelConsultation
+    | ConfigureReminders
 )
 
 
@@ -391,6 +397,8 @@ def evolve(state: Consultation, event: DomainEvent) -> Consultation:
             return replace(state, completed=True)
         case ConsultationCancelled():
             return replace(state, cancelled=True, cancellation_reason=event.reason)
+        case RemindersConfigured():
+            return replace(state, reminder_offsets={**state.reminder_offsets, **event.offsets})
     return state
 
 
@@ -444,6 +452,8 @@ def decide(state: Consultation, command: Command, ctx: Context) -> Sequence[Doma
             return _complete(state, command, ctx)
         case CancelConsultation():
             return _cancel(state, command)
+        case ConfigureReminders():
+            return _configure_reminders(state, command)
     raise TypeError(f"not a consultation command: {command!r}")
 
 
@@ -742,6 +752,20 @@ def _cancel(state: Consultation, command: CancelConsultation) -> Sequence[Domain
     if reason is None:
         raise ReasonRequired("say why the consultation is cancelled")
     return [ConsultationCancelled(command.consultation_id, reason)]
+
+
+def _configure_reminders(state: Consultation, command: ConfigureReminders) -> Sequence[DomainEvent]:
+    check_changeable(state)
+    offsets: dict[str, tuple[int, ...]] = {}
+    for anchor, chosen in command.offsets.items():
+        try:
+            checked = check_offsets(anchor, tuple(chosen))
+        except ValueError as exc:
+            raise InvalidValue(f"offsets.{anchor}", str(exc)) from None
+        offsets[anchor] = tuple(int(o.total_seconds()) for o in checked)
+    if all(state.reminder_offsets.get(a) == o for a, o in offsets.items()):
+        return []
+    return [RemindersConfigured(command.consultation_id, offsets)]
 
 
 def promotions(state: Consultation, consultation_id: UUID) -> list[ParticipantPromoted]:

@@ -61,7 +61,8 @@ def ics(doc: dict[str, Any], public_url: str) -> bytes:
             event.add("location", where)
         cal.add_component(event)
     cal.add_missing_timezones()
-    return cal.to_ical()
+    body: bytes = cal.to_ical()
+    return body
 
 
 def _local(value: str, zone: ZoneInfo) -> datetime:

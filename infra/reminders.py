@@ -1,0 +1,539 @@
+"""Sending reminders and notices exactly once: fan-out, claim, send, record.
+
+The schedule of what is due is a projection (:mod:`infra.projections.reminders`). From there:
+
+1. **Tick** (the scheduler, every minute, and the relay right after a notice-worthy event):
+   each reminder that has fallen due is *fanned out* once — its recipients are worked out
+   from the read side and one ``mail_outbox`` row per message key is inserted. The fan-out
+   marker and the rows go in one transaction and both insert with ON CONFLICT DO NOTHING, so
+   two schedulers ticking at once produce each row once. The tick returns the keys to send.
+2. **Send** (a worker task per key): a conditional UPDATE claims the row for a lease; only
+   one worker wins. If the log already records the message (``reminder.sent`` in the key's
+   own stream) nothing is sent. Otherwise the message is rendered, handed to the transport
+   with a Message-ID derived from the key, and ``reminder.sent`` is appended with expected
+   version "no stream" — a second recorder gets a conflict, never a second record.
+3. A worker that dies mid-send leaves its claim to expire; the next tick hands the key out
+   again. Failures back off exponentially, then the message is marked failed.
+
+Only a crash between the transport's acceptance and the append can repeat a message; the
+repeat carries the same Message-ID (mail clients fold duplicates), and the Maildir transport
+writes each key once by name, so there nothing is ever sent twice.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+import structlog
+from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from infra.bootstrap import System
+from infra.calendar import ics
+from infra.mail.render import compose, render
+from infra.mail.transport import Transport, transport
+from infra.projections.consultations import consultations, registrations
+from infra.projections.organisations import organisations
+from infra.projections.reminders import reminders
+from infra.schema import mail_outbox, reminder_fanouts
+from services.errors import ConcurrencyError
+from services.ports import NO_STREAM, Metadata
+from services.reminders.events import ReminderSent, message_stream
+from services.reminders.rules import (
+    ANCHORS,
+    INCOMPLETE_SIGNUPS,
+    NON_ENDORSERS,
+    ORGANISATIONS,
+    PARTICIPANTS,
+    REGISTRATION,
+    RULES,
+    message_id,
+    message_key,
+)
+from services.statements.model import STATEMENT, Statement, active_endorsements
+
+log = structlog.get_logger("concord.reminders")
+
+#: Most keys one tick hands out (the next tick takes the rest).
+TICK_LIMIT = 1000
+ACTIVE = ("registered", "waitlisted")
+REGISTRATION_KIND = "registration"
+ORGANISATION_KIND = "organisation"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    key: str
+    status: str  # sent | already-sent | not-claimed | dropped | skipped | retry | failed
+    detail: str | None = None
+
+
+class Reminders:
+    """The reminder pipeline of one process (the scheduler's tick and the worker's send)."""
+
+    def __init__(self, system: System, mail: Transport | None = None) -> None:
+        self.system = system
+        self.db = system.db
+        self.settings = system.settings
+        self.mail = mail or transport(system.settings)
+        host = urlsplit(system.settings.public_url).hostname or "concord.local"
+        self.domain = host
+
+    # -- tick ------------------------------------------------------------------------------
+
+    def tick(self, now: datetime | None = None) -> list[str]:
+        """Fan out what has fallen due; return the message keys that are ready to send."""
+        now = now or datetime.now(UTC)
+        self.system.projector.catch_up(names=["reminders"])
+        due = self._due_unfanned(now)
+        for reminder in due:
+            self._fan_out(reminder, now)
+        return self._ready(now)
+
+    def _due_unfanned(self, now: datetime) -> list[Any]:
+        with self.db.read() as conn:
+            return list(
+                conn.execute(
+                    select(reminders)
+                    .outerjoin(reminder_fanouts, reminder_fanouts.c.reminder_key == reminders.c.key)
+                    .where(reminders.c.due_at <= now, reminder_fanouts.c.reminder_key.is_(None))
+                    .order_by(reminders.c.due_at)
+                    .limit(TICK_LIMIT)
+                )
+            )
+
+    def _fan_out(self, reminder: Any, now: datetime) -> None:
+        with self.db.write() as conn:
+            recipients = self._recipients(conn, reminder, now)
+            marked = conn.execute(
+                _insert_ignore(conn, reminder_fanouts).values(
+                    reminder_key=reminder.key, recipients=len(recipients), done_at=now
+                )
+            )
+            if marked.rowcount == 0:
+                return  # another scheduler fanned it out first
+            rows = [
+                {
+                    "key": key,
+                    "reminder_key": reminder.key,
+                    "rule": reminder.rule,
+                    "consultation_id": reminder.consultation_id,
+                    "recipient_kind": kind,
+                    "recipient_id": recipient,
+                    "message_id": message_id(key, self.domain),
+                    "status": "pending",
+                    "attempts": 0,
+                    "failures": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                }
+                for kind, recipient in recipients
+                for key in [message_key(reminder.key, kind, recipient)]
+            ]
+            if rows:
+                conn.execute(_insert_ignore(conn, mail_outbox), rows)
+        log.info("reminder due", reminder=reminder.key, recipients=len(recipients))
+
+    def _recipients(self, conn: Connection, reminder: Any, now: datetime) -> list[tuple[str, UUID]]:
+        """Who gets this reminder, as (kind, id); nobody when it is stale or superseded."""
+        if reminder.deadline is not None:
+            if now >= reminder.deadline:
+                return []  # the moment it reminds of has passed
+            if self._superseded(conn, reminder, now):
+                return []  # a closer reminder for the same deadline is due too
+        elif now - reminder.due_at > timedelta(seconds=self.settings.notice_max_age_s):
+            return []  # an old notice (e.g. an imported log) helps nobody now
+        audience = reminder.audience
+        kind = audience["kind"]
+        if kind == REGISTRATION:
+            return [(REGISTRATION_KIND, UUID(audience["registration_id"]))]
+        if kind == ORGANISATIONS:
+            return [(ORGANISATION_KIND, UUID(i)) for i in audience["organisation_ids"]]
+        if kind == PARTICIPANTS:
+            ids = conn.execute(
+                select(registrations.c.registration_id).where(
+                    registrations.c.consultation_id == reminder.consultation_id,
+                    registrations.c.status.in_(ACTIVE),
+                )
+            ).scalars()
+            return [(REGISTRATION_KIND, i) for i in ids]
+        if kind == INCOMPLETE_SIGNUPS:
+            return [(ORGANISATION_KIND, i) for i in self._incomplete(conn, reminder)]
+        if kind == NON_ENDORSERS:
+            return [(ORGANISATION_KIND, i) for i in self._non_endorsers(conn, reminder)]
+        raise ValueError(f"unknown audience {kind!r}")
+
+    def _superseded(self, conn: Connection, reminder: Any, now: datetime) -> bool:
+        closer = conn.execute(
+            select(func.count())
+            .select_from(reminders)
+            .where(
+                reminders.c.rule == reminder.rule,
+                reminders.c.consultation_id == reminder.consultation_id,
+                reminders.c.statement_id.is_(None)
+                if reminder.statement_id is None
+                else reminders.c.statement_id == reminder.statement_id,
+                reminders.c.deadline == reminder.deadline,
+                reminders.c.offset_s < reminder.offset_s,
+                reminders.c.due_at <= now,
+            )
+        ).scalar_one()
+        return bool(closer)
+
+    def _incomplete(self, conn: Connection, reminder: Any) -> list[UUID]:
+        """The organiser, and invited organisations (co-organisers, partners) or organisations
+        with people on the waiting list that have nobody with a confirmed seat yet."""
+        detail = self._detail(conn, reminder.consultation_id)
+        if detail is None:
+            return []
+        rows = conn.execute(
+            select(registrations.c.organisation_id, registrations.c.status).where(
+                registrations.c.consultation_id == reminder.consultation_id,
+                registrations.c.organisation_id.is_not(None),
+                registrations.c.status.in_(ACTIVE),
+            )
+        ).all()
+        confirmed = {r.organisation_id for r in rows if r.status == "registered"}
+        started = {r.organisation_id for r in rows if r.status == "waitlisted"}
+        invited = {UUID(i) for i in (*detail["co_organiser_ids"], *detail["partner_ids"])}
+        organiser = UUID(detail["organiser_id"])
+        pending = sorted((invited | started) - confirmed - {organiser}, key=str)
+        return [organiser, *pending]
+
+    def _non_endorsers(self, conn: Connection, reminder: Any) -> list[UUID]:
+        """Organisations whose people took part (a confirmed seat) and that have not endorsed."""
+        took_part = set(
+            conn.execute(
+                select(registrations.c.organisation_id).where(
+                    registrations.c.consultation_id == reminder.consultation_id,
+                    registrations.c.organisation_id.is_not(None),
+                    registrations.c.status == "registered",
+                )
+            ).scalars()
+        )
+        state = self._statement(reminder.statement_id)
+        endorsed = {e.organisation_id for e in active_endorsements(state)}
+        return sorted(took_part - endorsed, key=str)
+
+    def _ready(self, now: datetime) -> list[str]:
+        """Hand out due messages: each key handed out is not handed out again for a lease,
+        and a claim that outlived its lease (its worker died) goes back to pending."""
+        lease = now + timedelta(seconds=self.settings.mail_lease_s)
+        with self.db.write() as conn:
+            conn.execute(
+                update(mail_outbox)
+                .where(mail_outbox.c.status == "sending", mail_outbox.c.claimed_until < now)
+                .values(status="pending", claimed_until=None, next_attempt_at=now)
+            )
+            keys = list(
+                conn.execute(
+                    select(mail_outbox.c.key)
+                    .where(mail_outbox.c.status == "pending", mail_outbox.c.next_attempt_at <= now)
+                    .order_by(mail_outbox.c.next_attempt_at)
+                    .limit(TICK_LIMIT)
+                ).scalars()
+            )
+            if keys:
+                conn.execute(
+                    update(mail_outbox)
+                    .where(mail_outbox.c.key.in_(keys))
+                    .values(next_attempt_at=lease)
+                )
+            return keys
+
+    # -- send ------------------------------------------------------------------------------
+
+    def send(self, key: str, now: datetime | None = None) -> SendResult:
+        """Send message ``key`` unless it is already sent, taken, or no longer wanted.
+
+        Only a pending message can be claimed; back-off is the tick's business (it hands a
+        key out only once its ``next_attempt_at`` has come).
+        """
+        now = now or datetime.now(UTC)
+        row = self._claim(key, now)
+        if row is None:
+            return SendResult(key, "not-claimed")
+        stream = message_stream(key)
+        recorded = self.system.store.read_stream(stream)
+        if recorded:
+            self._finish(key, "sent", now, position=recorded[0].position)
+            return SendResult(key, "already-sent")
+        with self.db.read() as conn:
+            reminder = conn.execute(
+                select(reminders).where(reminders.c.key == row.reminder_key)
+            ).first()
+            if reminder is None:
+                self._finish(key, "dropped", now, error="the reminder no longer applies")
+                return SendResult(key, "dropped")
+            if reminder.deadline is not None and now >= reminder.deadline:
+                self._finish(key, "dropped", now, error="its deadline passed before it was sent")
+                return SendResult(key, "dropped")
+            try:
+                context, address, calendar = self._context(conn, reminder, row)
+            except _Skip as skip:
+                self._finish(key, "skipped", now, error=str(skip))
+                return SendResult(key, "skipped", str(skip))
+        try:
+            rendered = render(row.rule, context)
+            message = compose(
+                rendered,
+                sender=self.settings.mail_from,
+                to_name=context["recipient"]["name"],
+                to_address=address,
+                message_id=row.message_id,
+                sent_at=now,
+                calendar=calendar,
+            )
+            self.mail.send(message, key)
+        except Exception as exc:
+            return self._failed(row, now, exc)
+        position = self._record(row, reminder)
+        self._finish(key, "sent", now, position=position)
+        log.info("message sent", key=key, rule=row.rule, transport=self.mail.name)
+        return SendResult(key, "sent")
+
+    def _claim(self, key: str, now: datetime) -> Any:
+        lease = now + timedelta(seconds=self.settings.mail_lease_s)
+        with self.db.write() as conn:
+            claimed = conn.execute(
+                update(mail_outbox)
+                .where(mail_outbox.c.key == key, mail_outbox.c.status == "pending")
+                .values(
+                    status="sending",
+                    claimed_until=lease,
+                    attempts=mail_outbox.c.attempts + 1,
+                )
+            )
+            if claimed.rowcount != 1:
+                return None
+            return conn.execute(select(mail_outbox).where(mail_outbox.c.key == key)).one()
+
+    def _record(self, row: Any, reminder: Any) -> int | None:
+        event = ReminderSent(
+            key=row.key,
+            rule=row.rule,
+            reminder_key=row.reminder_key,
+            consultation_id=row.consultation_id,
+            statement_id=reminder.statement_id,
+            recipient_kind=row.recipient_kind,
+            recipient_id=row.recipient_id,
+            deadline=reminder.deadline,
+            message_id=row.message_id,
+            transport=self.mail.name,
+        )
+        try:
+            result = self.system.store.append(
+                message_stream(row.key),
+                "reminder",
+                NO_STREAM,
+                [self.system.registry.to_new_event(event)],
+                Metadata(actor="concord:reminders", causation_id=row.reminder_key),
+            )
+        except ConcurrencyError:
+            recorded = self.system.store.read_stream(message_stream(row.key))
+            return recorded[0].position if recorded else None
+        return result.position
+
+    def _finish(
+        self,
+        key: str,
+        status: str,
+        now: datetime,
+        *,
+        position: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                update(mail_outbox)
+                .where(mail_outbox.c.key == key)
+                .values(
+                    status=status,
+                    claimed_until=None,
+                    sent_at=now if status == "sent" else None,
+                    position=position,
+                    last_error=error,
+                )
+            )
+
+    def _failed(self, row: Any, now: datetime, exc: Exception) -> SendResult:
+        attempts = row.attempts
+        error = f"{exc.__class__.__name__}: {exc}"[:1000]
+        give_up = attempts >= self.settings.mail_max_attempts
+        delay = min(30.0 * 2 ** (attempts - 1), 3600.0) * random.uniform(0.8, 1.2)
+        with self.db.write() as conn:
+            conn.execute(
+                update(mail_outbox)
+                .where(mail_outbox.c.key == row.key)
+                .values(
+                    status="failed" if give_up else "pending",
+                    claimed_until=None,
+                    failures=mail_outbox.c.failures + 1,
+                    next_attempt_at=now + timedelta(seconds=delay),
+                    last_error=error,
+                )
+            )
+        log.warning(
+            "message not sent", key=row.key, attempts=attempts, error=error, give_up=give_up
+        )
+        return SendResult(row.key, "failed" if give_up else "retry", error)
+
+    # -- what the message says -------------------------------------------------------------
+
+    def _context(
+        self, conn: Connection, reminder: Any, row: Any
+    ) -> tuple[dict[str, Any], str, bytes | None]:
+        detail = self._detail(conn, reminder.consultation_id)
+        if detail is None:
+            raise _Skip("the consultation is unknown to the read side")
+        zone = ZoneInfo(detail["timezone"])
+        public = self.settings.public_url
+        context: dict[str, Any] = {
+            "language": "en",
+            "link": f"{public}/v1/consultations/{detail['id']}",
+            "consultation": {
+                "title": detail["title"],
+                "timezone": detail["timezone"],
+                "starts_local": _local(detail["starts_at"], zone),
+                "when": f"{_local(detail['starts_at'], zone)} to {_local(detail['ends_at'], zone)}"
+                f" ({detail['timezone']})",
+                "where": ", ".join(
+                    p
+                    for p in (detail.get("venue"), detail.get("city"), detail["host_country"])
+                    if p
+                ),
+            },
+            "counts": detail["counts"],
+            "relative": _relative(reminder.offset_s),
+            "reason": reminder.audience.get("reason"),
+            "organiser": False,
+            "closes_local": _local(detail["registration"]["closes_at"], zone)
+            if detail["registration"]["closes_at"]
+            else None,
+        }
+        if row.recipient_kind == REGISTRATION_KIND:
+            person = conn.execute(
+                select(registrations).where(registrations.c.registration_id == row.recipient_id)
+            ).first()
+            if person is None:
+                raise _Skip("the registration is unknown to the read side")
+            if person.status not in ACTIVE and row.rule not in ("consultation_cancelled",):
+                raise _Skip("the registration was cancelled")
+            context["recipient"] = {"name": person.name}
+            context["registration"] = {
+                "status": person.status,
+                "waitlist_position": person.waitlist_position,
+            }
+            address = person.email
+        else:
+            org = conn.execute(
+                select(organisations).where(organisations.c.organisation_id == row.recipient_id)
+            ).first()
+            if org is None or not org.email:
+                raise _Skip("the organisation has no contact address")
+            context["recipient"] = {"name": org.name}
+            context["organisation"] = {"name": org.name}
+            context["organiser"] = str(org.organisation_id) == detail["organiser_id"]
+            address = org.email
+        if reminder.statement_id is not None:
+            state = self._statement(reminder.statement_id)
+            context["link"] = f"{public}/v1/statements/{reminder.statement_id}"
+            context["statement"] = {
+                "title": state.title,
+                "content_hash": state.content_hash,
+                "deadline_local": _local(state.endorsement_deadline, zone)
+                if state.endorsement_deadline
+                else None,
+            }
+            signer = next(
+                (
+                    e
+                    for e in reversed(state.endorsement_records)
+                    if e.organisation_id == row.recipient_id
+                ),
+                None,
+            )
+            context["signatory"] = signer.signatory_name.value if signer else None
+        rule = RULES[row.rule]
+        calendar = ics(detail, public) if rule.attach_calendar else None
+        return context, address, calendar
+
+    def _detail(self, conn: Connection, consultation_id: UUID) -> dict[str, Any] | None:
+        detail = conn.execute(
+            select(consultations.c.detail).where(consultations.c.consultation_id == consultation_id)
+        ).scalar_one_or_none()
+        return dict(detail) if detail is not None else None
+
+    def _statement(self, statement_id: UUID) -> Statement:
+        state, _, _ = self.system.bus.load(STATEMENT, statement_id)
+        return state
+
+
+class _Skip(Exception):
+    """This message cannot or need not be sent (no address, registration cancelled...)."""
+
+
+def _insert_ignore(conn: Connection, table: Any) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING on either back end."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    return insert(table)
+
+
+def _local(value: str | datetime | None, zone: ZoneInfo) -> str:
+    if value is None:
+        return ""
+    when = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    local = when.astimezone(zone)
+    return local.strftime("%A %-d %B %Y, %H:%M")
+
+
+def _relative(offset_s: int | None) -> str:
+    if offset_s is None:
+        return "now"
+    if offset_s % 86_400 == 0:
+        days = offset_s // 86_400
+        return "tomorrow" if days == 1 else f"in {days} days"
+    hours = offset_s / 3600
+    return f"in {hours:g} hours"
+
+
+def schedule(system: System, consultation_id: UUID) -> list[dict[str, Any]]:
+    """Every reminder of a consultation with what became of its messages."""
+    with system.db.read() as conn:
+        rows = conn.execute(
+            select(reminders, reminder_fanouts.c.recipients, reminder_fanouts.c.done_at)
+            .outerjoin(reminder_fanouts, reminder_fanouts.c.reminder_key == reminders.c.key)
+            .where(reminders.c.consultation_id == consultation_id)
+            .order_by(reminders.c.due_at, reminders.c.key)
+        ).all()
+        counts: dict[str, dict[str, int]] = {}
+        for key, status, n in conn.execute(
+            select(mail_outbox.c.reminder_key, mail_outbox.c.status, func.count())
+            .where(mail_outbox.c.consultation_id == consultation_id)
+            .group_by(mail_outbox.c.reminder_key, mail_outbox.c.status)
+        ):
+            counts.setdefault(key, {})[status] = n
+    return [
+        {
+            "key": r.key,
+            "rule": r.rule,
+            "kind": "reminder" if r.rule in ANCHORS else "notice",
+            "statement_id": r.statement_id,
+            "deadline": r.deadline,
+            "offset_s": r.offset_s,
+            "due_at": r.due_at,
+            "fanned_out_at": r.done_at,
+            "recipients": r.recipients,
+            "messages": counts.get(r.key, {}),
+        }
+        for r in rows
+    ]

@@ -1,0 +1,1 @@
+"""Reminders and notices: which message is due when, as data (see ``rules``)."""
