@@ -1,0 +1,1 @@
+"""Webhook deliveries: the facts recorded about them and the retry policy (pure)."""
