@@ -17,6 +17,7 @@ from api.routers import (
     events,
     health,
     organisations,
+    reminders,
     series,
     statements,
 )
@@ -73,7 +74,7 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
     app.include_router(health.router)
     # Every /v1 route checks a key that is sent, even a public one: a bad key is always 401.
     checked = [Depends(current_principal)]
-    for router in (events, organisations, consultations, series, statements, api_keys):
+    for router in (events, organisations, consultations, reminders, series, statements, api_keys):
         app.include_router(router.router, dependencies=checked)
     app.add_middleware(Idempotency)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

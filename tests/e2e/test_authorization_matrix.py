@@ -76,6 +76,8 @@ ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", C + "/open-registration"): ORGANISERS,
     ("POST", C + "/close-registration"): ORGANISERS,
     ("POST", C + "/cancel"): ORGANISERS,
+    ("GET", C + "/reminders"): ORGANISERS,
+    ("PUT", C + "/reminders"): ORGANISERS,
     ("POST", C + "/complete"): ORGANISERS,
     ("POST", C + "/sessions"): ORGANISERS,
     ("PATCH", C + "/sessions/{session_id}"): ORGANISERS,
@@ -348,6 +350,7 @@ BODIES: dict[tuple[str, str], Callable[[World], Any]] = {
         "closes_at": (w.starts_at - timedelta(days=1)).isoformat()
     },
     ("POST", C + "/cancel"): lambda w: {"reason": "Postponed"},
+    ("PUT", C + "/reminders"): lambda w: {"consultation_starts": ["P3D", "PT12H"]},
     ("POST", C + "/sessions"): lambda w: {
         "title": "Working groups",
         "kind": "working_group",

@@ -1450,7 +1450,7 @@ def test_the_whole_jakarta_story_round_trips_through_the_log() -> None:
 
 def test_every_consultation_event_is_registered_and_named_for_its_stream() -> None:
     consultation_events = [t for t in EVENTS.types() if t.startswith("consultation.")]
-    assert len(consultation_events) == 17
+    assert len(consultation_events) == 18
     for name in consultation_events:
         cls = EVENTS.event_class(name)
         assert "consultation_id" in inspect.signature(cls).parameters
