@@ -10,10 +10,12 @@ from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Principal
-from api.problems import Accepted
+from api.problems import Accepted, domain_status
 from infra.bootstrap import System
-from services.bus import Outcome
+from infra.metrics import count_command
+from services.bus import Outcome, PreconditionFailed
 from services.decider import Context, Decider
+from services.errors import ConcurrencyError, DomainError
 
 log = structlog.get_logger("concord.api")
 S = TypeVar("S")
@@ -66,13 +68,29 @@ async def run(
             return outcome, False
         return outcome, True
 
-    outcome, readable = await run_in_threadpool(execute)
+    name = type(command).__name__
+    try:
+        outcome, readable = await run_in_threadpool(execute)
+    except Exception as exc:
+        count_command(name, outcome_class(exc))
+        raise
+    count_command(name, "ok" if outcome.changed else "unchanged")
     stamp(response, outcome.version, outcome.position)
     if not readable:
         # Committed, but the read side does not show it yet: say so rather than read back
         # something stale (or a 404) that a retry would then replay.
         raise Accepted(outcome)
     return outcome
+
+
+def outcome_class(exc: Exception) -> str:
+    """The ``outcome`` label of a refused or failed command (see infra/metrics.py)."""
+    if not isinstance(exc, DomainError):
+        return "error"
+    if isinstance(exc, ConcurrencyError | PreconditionFailed):
+        return "conflict"
+    status, _ = domain_status(exc)
+    return {403: "forbidden", 404: "not_found", 422: "invalid"}.get(status, "conflict")
 
 
 def stamp(response: Response, version: int, position: int | None) -> None:

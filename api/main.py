@@ -16,6 +16,7 @@ from api.routers import (
     consultations,
     events,
     health,
+    metrics,
     organisations,
     reminders,
     series,
@@ -72,6 +73,7 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
     problems.install(app)
     openapi.install(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)  # its own access rule: see api/routers/metrics.py
     # Every /v1 route checks a key that is sent, even a public one: a bad key is always 401.
     checked = [Depends(current_principal)]
     for router in (events, organisations, consultations, reminders, series, statements, api_keys):

@@ -21,6 +21,7 @@ MEDIA = {
         "text/html": {},
         "application/pdf": {},
     },
+    "/metrics": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}},
 }
 EVENT_ROUTES = ("/v1/events", "/v1/streams/")
 

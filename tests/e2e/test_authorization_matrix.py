@@ -57,6 +57,7 @@ ACCESS: dict[tuple[str, str], frozenset[str]] = {
     # operations
     ("GET", "/health"): EVERYONE,
     ("GET", "/ready"): EVERYONE,
+    ("GET", "/metrics"): ADMINS,  # or CONCORD_METRICS_TOKEN; everyone if CONCORD_METRICS_PUBLIC
     # the event log
     ("GET", "/v1/events"): EVENT_READERS,
     ("GET", "/v1/streams/{stream_id}/events"): EVENT_READERS,

@@ -1,0 +1,54 @@
+"""Prometheus metrics for the scraper: ``GET /metrics``."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import APIRouter, Depends, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import SystemDep, current_principal, require
+from infra.bootstrap import System
+from infra.metrics import CONTENT_TYPE, render
+
+router = APIRouter(tags=["operations"])
+
+
+async def metrics_reader(request: Request, system: SystemDep) -> None:
+    """Anyone when ``CONCORD_METRICS_PUBLIC`` is set; else the ``CONCORD_METRICS_TOKEN`` bearer
+    token or an admin key (401 without a valid key, 403 for other roles)."""
+    # Read from the request, not declared as a parameter: nothing here can be a 422.
+    authorization = request.headers.get("authorization")
+    settings = system.settings
+    if settings.metrics_public:
+        return
+    token = settings.metrics_token
+    if token is not None and authorization is not None:
+        scheme, _, secret = authorization.partition(" ")
+        wanted = token.get_secret_value().encode()
+        if scheme.lower() == "bearer" and hmac.compare_digest(secret.strip().encode(), wanted):
+            return
+    principal = await current_principal(request, system, authorization)
+    await require("admin")(principal)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    dependencies=[Depends(metrics_reader)],
+    responses={
+        200: {"description": "Prometheus text exposition format 0.0.4"},
+        401: {"description": "Missing or invalid API key or metrics token"},
+        403: {"description": "This key's role may not"},
+    },
+    openapi_extra={"security": [{"apiKey": []}, {}]},
+)
+async def metrics(system: SystemDep) -> Response:
+    """Prometheus metrics: commands, events, projection lag, queue depth, mail delivery."""
+    body = await run_in_threadpool(_render, system)
+    return Response(body, media_type=CONTENT_TYPE)
+
+
+def _render(system: System) -> bytes:
+    projections = [*system.projector.projections, *system.dispatcher.projections]
+    return render(system.db, system.settings, projections)
