@@ -55,6 +55,11 @@ def serve(
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.metrics_multiproc_dir is not None:
+        from infra.metrics import prepare_multiprocess_dir
+
+        # The API processes count commands there; an earlier run's counts must not add up.
+        prepare_multiprocess_dir(settings.metrics_multiproc_dir)
     children = Supervisor()
     # uvicorn restores the previous SIGTERM handler and re-raises the signal after a graceful
     # shutdown; make that an exit that runs the ``finally`` below, so children stop with us.

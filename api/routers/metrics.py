@@ -22,10 +22,10 @@ async def metrics_reader(request: Request, system: SystemDep) -> None:
     settings = system.settings
     if settings.metrics_public:
         return
-    token = settings.metrics_token
-    if token is not None and authorization is not None:
+    # An empty token (``CONCORD_METRICS_TOKEN=``) is no token: it would match an empty bearer.
+    wanted = settings.metrics_token.get_secret_value().encode() if settings.metrics_token else b""
+    if wanted and authorization is not None:
         scheme, _, secret = authorization.partition(" ")
-        wanted = token.get_secret_value().encode()
         if scheme.lower() == "bearer" and hmac.compare_digest(secret.strip().encode(), wanted):
             return
     principal = await current_principal(request, system, authorization)

@@ -104,6 +104,13 @@ def test_a_scrape_token_reads_metrics_and_nothing_else(system: System, keys: Key
         assert client.get("/v1/organisations", headers=bearer).status_code == 401
 
 
+def test_an_empty_scrape_token_is_no_token(system: System) -> None:
+    app = create_app(with_settings(system, metrics_token=SecretStr("")))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/metrics", headers={"Authorization": "Bearer "}).status_code == 401
+        assert client.get("/metrics", headers={"Authorization": "Bearer  "}).status_code == 401
+
+
 def test_public_metrics_need_no_key(system: System) -> None:
     app = create_app(with_settings(system, metrics_public=True))
     with TestClient(app, raise_server_exceptions=False) as client:
