@@ -21,6 +21,7 @@ from infra.projections import all_projections
 from infra.projections.projector import Projector
 from infra.routes import ROUTES
 from infra.settings import Settings, get_settings
+from infra.webhooks.relay import WebhookRelay
 from services.bus import CommandBus
 from services.messages import EventRegistry
 
@@ -90,7 +91,9 @@ def bootstrap(settings: Settings | None = None) -> System:
     events = registry()
     store = SqlEventStore(db, events, sequence_timeout_s=settings.sequence_timeout_s)
     projector = Projector(db, store, all_projections(store))
-    dispatcher = Projector(db, store, [Dispatcher(_lazy_sender(settings), ROUTES)])
+    send = _lazy_sender(settings)
+    # The worker's relays from the log: tasks for routed events, webhook delivery rows.
+    dispatcher = Projector(db, store, [Dispatcher(send, ROUTES), WebhookRelay(send)])
     return System(
         settings=settings,
         db=db,

@@ -49,6 +49,9 @@ def make_app(settings: Settings | None = None, include: Sequence[str] = ()) -> C
             # Reminders fall due by the clock: due times live in the database (never in an
             # ETA past the broker's visibility timeout); each tick fans out what is due.
             "reminders.tick": {"task": "reminders.tick", "schedule": settings.scheduler_tick_s},
+            # Webhook deliveries that are due (retries, stranded claims); the relay nudges
+            # new ones at once, this scan is what makes every retry happen.
+            "webhooks.scan": {"task": "webhooks.scan", "schedule": 5.0},
         },
     )
     if settings.redis_url:

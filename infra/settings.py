@@ -22,6 +22,16 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", alias="HOST")
     port: int = Field(default=8000, alias="PORT")
     webhook_allow_hosts: str = Field(default="", alias="CONCORD_WEBHOOK_ALLOW_HOSTS")
+    #: Seconds a webhook attempt may take to connect, and to wait for each read of the answer.
+    webhook_timeout_s: float = Field(default=10.0, alias="CONCORD_WEBHOOK_TIMEOUT")
+    #: Seconds a rotated-out webhook secret still signs deliveries (next to the new one).
+    webhook_rotation_grace_s: float = Field(
+        default=86_400.0, alias="CONCORD_WEBHOOK_ROTATION_GRACE"
+    )
+    #: Seconds an endpoint may keep failing, without one success, before it is disabled.
+    webhook_disable_after_s: float = Field(
+        default=5 * 86_400.0, alias="CONCORD_WEBHOOK_DISABLE_AFTER"
+    )
     #: How long a writer waits for its events to receive global positions.
     sequence_timeout_s: float = Field(default=10.0, alias="CONCORD_SEQUENCE_TIMEOUT")
     #: Largest request body the API accepts, in bytes.

@@ -55,3 +55,25 @@ def tick_reminders() -> int:
 def send_reminder(key: str) -> str:
     """Send one message, exactly once per key; returns what happened."""
     return reminders().send(key).status
+
+
+@app.task(name="webhooks.scan", ignore_result=True)
+def scan_webhooks() -> int:
+    """Enqueue a delivery run for each subscription whose next delivery is due (or stranded
+    by a worker that died mid-attempt); due times live in the database."""
+    from infra.webhooks.delivery import deliverer
+
+    due = deliverer(system()).due()
+    for subscription_id in due:
+        deliver_webhooks.delay(str(subscription_id))
+    return len(due)
+
+
+@app.task(name="webhooks.deliver", ignore_result=True)
+def deliver_webhooks(subscription_id: str) -> int:
+    """Send one subscription's due deliveries in position order; returns how many finished."""
+    from uuid import UUID
+
+    from infra.webhooks.delivery import deliverer
+
+    return deliverer(system()).run(UUID(subscription_id))
