@@ -14,6 +14,7 @@ from api.middleware import BodyLimit, RequestContext
 from api.routers import (
     api_keys,
     consultations,
+    event_types,
     events,
     health,
     metrics,
@@ -23,6 +24,7 @@ from api.routers import (
     statements,
 )
 from infra.bootstrap import System, bootstrap
+from infra.integration import live
 from infra.logging import configure as configure_logging
 from infra.runtime import tune_gc
 from infra.settings import get_settings
@@ -53,6 +55,7 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
         app.state.system = running
         if background:
             running.start_background()
+        live.drain_on_signals()  # a stop signal ends live event streams, so shutdown is not held
         try:
             yield
         finally:
@@ -78,6 +81,7 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
     checked = [Depends(current_principal)]
     for router in (events, organisations, consultations, reminders, series, statements, api_keys):
         app.include_router(router.router, dependencies=checked)
+    app.include_router(event_types.router, dependencies=checked)
     app.add_middleware(Idempotency)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext)

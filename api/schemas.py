@@ -8,6 +8,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field
 
+from infra.integration.contract import envelope
 from services.ports import RecordedEvent
 
 
@@ -19,33 +20,27 @@ class EventMetadataPublic(BaseModel):
 
 
 class EventPublic(BaseModel):
-    """One event of the log, as integrators see it."""
+    """One event of the log, as integrators see it (``infra/integration/contract.py``)."""
 
     id: UUID
-    type: str
+    type: str = Field(description="The event's name, e.g. `statement.endorsed`.")
+    public_type: str | None = Field(
+        default=None,
+        description="The versioned public type (`org.concord.statement.endorsed.v1`, see "
+        "`GET /v1/event-types`); null for internal events.",
+    )
     stream_id: UUID
     stream_type: str
     version: int = Field(description="Place in its own stream: 1, 2, 3 … without gaps.")
     position: int = Field(description="Global, contiguous, strictly increasing feed order.")
     schema_version: int
     recorded_at: datetime
-    data: dict[str, Any]
+    data: dict[str, Any] = Field(description="The payload; personal data as plain values.")
     metadata: EventMetadataPublic
 
     @classmethod
     def of(cls, event: RecordedEvent) -> EventPublic:
-        return cls(
-            id=event.id,
-            type=event.type,
-            stream_id=event.stream_id,
-            stream_type=event.stream_type,
-            version=event.version,
-            position=event.position or 0,
-            schema_version=event.schema_version,
-            recorded_at=event.recorded_at,
-            data=event.data,
-            metadata=EventMetadataPublic(**event.metadata),
-        )
+        return cls.model_validate(envelope(event))
 
 
 class EventPage(BaseModel):

@@ -51,6 +51,15 @@ class Settings(BaseSettings):
     #: Notices older than this (seconds) when they fall due are not sent (e.g. after importing
     #: an old log, nobody wants 2018's registration confirmations).
     notice_max_age_s: float = Field(default=86_400.0, alias="CONCORD_NOTICE_MAX_AGE")
+    #: Live event stream (SSE): seconds between keep-alive comments (also how often a stream
+    #: renews its connection slot and re-checks its key) …
+    sse_heartbeat_s: float = Field(default=15.0, gt=0, alias="CONCORD_SSE_HEARTBEAT")
+    #: … how often it looks for new events, in seconds …
+    sse_poll_s: float = Field(default=0.5, gt=0, alias="CONCORD_SSE_POLL")
+    #: … how many streams one API key may hold open at once (across API processes with Redis) …
+    sse_max_per_key: int = Field(default=5, ge=1, alias="CONCORD_SSE_MAX_PER_KEY")
+    #: … and after how many seconds a stream ends cleanly (clients resume with Last-Event-ID).
+    sse_max_seconds: float = Field(default=3600.0, gt=0, alias="CONCORD_SSE_MAX_SECONDS")
     log_format: str = Field(default="json", alias="CONCORD_LOG_FORMAT")
     log_level: str = Field(default="INFO", alias="CONCORD_LOG_LEVEL")
     #: ``GET /metrics`` without a key: only where that port is not reachable from outside.

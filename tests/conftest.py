@@ -22,6 +22,9 @@ from tests import backends
 # Each test run consumes its own Celery queue, so two runs sharing one Redis never take each
 # other's tasks (subprocesses inherit it through the environment).
 os.environ.setdefault("CONCORD_QUEUE", f"concord-test-{uuid.uuid4().hex[:12]}")
+# A live event stream (GET /v1/events/stream) ends after a second here, so a client that reads
+# whole responses (the authorization matrix) gets one; the stream tests set their own limits.
+os.environ["CONCORD_SSE_MAX_SECONDS"] = "1"
 
 _PG = backends.postgres()
 BACKENDS = [

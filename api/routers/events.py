@@ -1,21 +1,46 @@
-"""The event log for integrators: the paged feed and single streams."""
+"""The event log for integrators: the paged feed, the live stream and single streams."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Query
+import anyio.to_thread
+import orjson
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import EventReader, MinPosition, SystemDep
+from api.deps import EventReader, MinPosition, Principal, SystemDep
 from api.problems import ProblemError
 from api.schemas import EventPage, EventPublic, Problem
+from infra.bootstrap import System
+from infra.integration import live
+from infra.integration.contract import envelope, internal_types, public_event
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
 MAX_PAGE = 1000
+#: A full page never changes (positions are contiguous and handed out in order), so it may be
+#: kept for a year; ``private`` because what a response holds depends on the caller's key.
+IMMUTABLE = "private, max-age=31536000, immutable"
+#: The head page grows: keep it, but ask again (with If-None-Match) before using it.
+REVALIDATE = "private, no-cache"
+
+Position = Annotated[int, Query(ge=0, le=2**63 - 1, description="Events with position > after.")]
+Types = Annotated[
+    str | None,
+    Query(
+        max_length=2000,
+        description="Comma-separated event types: names (`statement.endorsed`) or versioned "
+        "public types (`org.concord.statement.endorsed.v1`).",
+    ),
+]
+StreamType = Annotated[str | None, Query(max_length=64, description="e.g. `statement`.")]
+StreamId = Annotated[UUID | None, Query(description="Only this stream's events.")]
 
 
 def _types(raw: str | None) -> list[str] | None:
@@ -24,42 +49,204 @@ def _types(raw: str | None) -> list[str] | None:
     names = [t.strip() for t in raw.split(",") if t.strip()]
     if len(names) > 50:
         raise ProblemError(422, "Validation failed", "At most 50 event types per request.")
-    return names or None
+    return internal_types(names) or None
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    """Weak comparison (RFC 9110 13.1.2), as If-None-Match uses."""
+    if header is None:
+        return False
+    if header.strip() == "*":
+        return True
+    wanted = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == wanted for tag in header.split(","))
+
+
+_PAGE_HEADERS = {
+    "ETag": {
+        "description": "Strong on the head page; weak on a full page, whose `head_position` "
+        "may be newer than a cached copy's.",
+        "schema": {"type": "string"},
+    },
+    "Cache-Control": {
+        "description": f"`{IMMUTABLE}` on a full page (it never changes), `{REVALIDATE}` on "
+        "the head page.",
+        "schema": {"type": "string"},
+    },
+}
 
 
 @router.get(
     "/events",
     response_model=EventPage,
-    responses={422: {"model": Problem}},
+    responses={
+        200: {"headers": _PAGE_HEADERS},
+        304: {"description": "Not modified (If-None-Match matched the page's ETag)"},
+        422: {"model": Problem},
+    },
     summary="Read the event log in position order",
 )
 async def list_events(
     system: SystemDep,
     _principal: EventReader,
-    after: Annotated[
-        int, Query(ge=0, le=2**63 - 1, description="Return events with position > after.")
-    ] = 0,
+    after: Position = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    types: Annotated[
-        str | None, Query(max_length=2000, description="Comma-separated event types.")
+    types: Types = None,
+    stream_type: StreamType = None,
+    stream_id: StreamId = None,
+    if_none_match: Annotated[
+        str | None, Header(max_length=2000, description="An ETag from an earlier read.")
     ] = None,
-    stream_type: Annotated[str | None, Query(max_length=64)] = None,
-) -> EventPage:
-    """A page of events after a position; follow `next_after` to read on, never missing one."""
+) -> Any:
+    """A page of events after a position; follow `next_after` to read on, never missing one.
+
+    A full page (`limit` events) never changes: it comes with a long `Cache-Control` and an
+    ETag. The last, shorter page is the head: `no-cache`, revalidate with `If-None-Match`.
+    """
     names = _types(types)
     page, head = await run_in_threadpool(
         lambda: (
-            system.store.read_all(after, limit, types=names, stream_type=stream_type),
+            system.store.read_all(
+                after, limit, types=names, stream_type=stream_type, stream_id=stream_id
+            ),
             system.store.head_position(),
         )
     )
     next_after = page[-1].position or after if page else after
-    return EventPage(
-        data=[EventPublic.of(e) for e in page],
-        next_after=next_after,
-        has_more=len(page) == limit,
-        head_position=head,
+    full = len(page) == limit
+    content = {"data": [envelope(e) for e in page], "next_after": next_after, "has_more": full}
+    body = orjson.dumps({**content, "head_position": head})
+    if full:  # the same page whatever the head: weak, as only head_position may differ
+        etag = 'W/"' + hashlib.sha256(orjson.dumps(content)).hexdigest()[:32] + '"'
+    else:
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    headers = {
+        "ETag": etag,
+        "Cache-Control": IMMUTABLE if full else REVALIDATE,
+        "Vary": "Authorization",
+    }
+    if _etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+# -- the live stream ---------------------------------------------------------------------------
+
+
+async def stream_slot(
+    request: Request, system: SystemDep, principal: EventReader
+) -> AsyncIterator[live.Lease]:
+    """One of the caller's key's stream slots for as long as the stream runs, else 429."""
+    limiter = getattr(request.app.state, "stream_limiter", None)
+    if limiter is None:
+        limiter = request.app.state.stream_limiter = live.limiter_for(system.settings)
+    assert principal.key is not None  # EventReader admits keys only
+    try:
+        lease = await limiter.acquire(str(principal.key.id))
+    except live.LimiterUnavailable:
+        raise ProblemError(
+            503,
+            "Service unavailable",
+            "The stream limiter cannot be reached; retry shortly.",
+            type_="stream-limiter-unavailable",
+            headers={"Retry-After": "5"},
+        ) from None
+    if lease is None:
+        retry = max(1, round(system.settings.sse_heartbeat_s))
+        raise ProblemError(
+            429,
+            "Too many requests",
+            f"This key already holds {limiter.limit} open event streams; close one first.",
+            type_="too-many-streams",
+            headers={"Retry-After": str(retry)},
+        )
+    try:
+        yield lease
+    finally:
+        await lease.release()
+
+
+StreamSlot = Annotated[live.Lease, Depends(stream_slot)]
+
+
+@router.get(
+    "/events/stream",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "`text/event-stream`: per event `id:` (its position), `event:` (its "
+            "public type) and `data:` (the event as in `GET /v1/events`); `: keep-alive` "
+            "comments in between. Only public event types are sent."
+        },
+        422: {"model": Problem},
+        429: {"model": Problem, "description": "This key holds too many open streams"},
+        503: {"model": Problem, "description": "The stream limiter cannot be reached"},
+    },
+    summary="Follow the event log live (server-sent events)",
+)
+async def event_stream(
+    system: SystemDep,
+    principal: EventReader,
+    lease: StreamSlot,
+    after: Position = 0,
+    types: Types = None,
+    stream_type: StreamType = None,
+    stream_id: StreamId = None,
+    last_event_id: Annotated[
+        int | None,
+        Header(
+            alias="Last-Event-ID",
+            ge=0,
+            le=2**63 - 1,
+            description="Resume after this position (sent by EventSource on reconnect); "
+            "wins over `after`.",
+        ),
+    ] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """Every public event after `after` (or `Last-Event-ID`), then each new one as it commits.
+
+    Positions are handed out only once no earlier transaction can still commit, so a stream
+    never skips a late commit. The stream ends after a while (and when the server stops);
+    reconnect with `Last-Event-ID` to carry on. A key may hold a few streams at once.
+    """
+    settings = system.settings
+    where = live.Filter(
+        types=tuple(names) if (names := _types(types)) else None,
+        stream_type=stream_type,
+        stream_id=stream_id,
     )
+    start = last_event_id if last_event_id is not None else after
+    # The reconnection delay for EventSource, and an early byte so the client sees the stream.
+    yield ServerSentEvent(comment="stream open", retry=1000)
+    async for item in live.follow(
+        system.store,
+        start,
+        where,
+        poll_s=settings.sse_poll_s,
+        heartbeat_s=settings.sse_heartbeat_s,
+        max_seconds=settings.sse_max_seconds,
+    ):
+        if isinstance(item, live.Heartbeat):
+            if not await _key_still_valid(system, principal):
+                return
+            await lease.renew()
+            yield ServerSentEvent(comment="keep-alive")
+            continue
+        body = public_event(item)
+        if body is not None:
+            yield ServerSentEvent(
+                raw_data=orjson.dumps(body).decode(),
+                event=body["public_type"],
+                id=str(item.position),
+            )
+
+
+async def _key_still_valid(system: System, principal: Principal) -> bool:
+    """A key revoked mid-stream ends the stream at the next heartbeat."""
+    if principal.key is None:
+        return False
+    key = await anyio.to_thread.run_sync(system.keys.get, principal.key.id)
+    return key is not None and key.active
 
 
 class StreamEvents(BaseModel):

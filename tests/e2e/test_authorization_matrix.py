@@ -62,6 +62,9 @@ ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/events"): EVENT_READERS,
     ("GET", "/v1/streams/{stream_id}/events"): EVENT_READERS,
     ("GET", "/v1/streams/{stream_id}"): EVENT_READERS,
+    ("GET", "/v1/events/stream"): EVENT_READERS,  # ends after CONCORD_SSE_MAX_SECONDS (tests: 1 s)
+    ("GET", "/v1/event-types"): EVENT_READERS,
+    ("GET", "/v1/asyncapi.json"): PUBLIC,  # documentation, like /openapi.json
     # organisations
     ("POST", "/v1/organisations"): ORGANISERS,
     ("GET", "/v1/organisations"): ANY_KEY,
