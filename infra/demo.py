@@ -348,3 +348,22 @@ def _plan(_: Loader | None) -> Iterator[tuple[Decider[Any, Any], UUID, Any, date
         now,
     )
     yield CONSULTATION, follow_up, c.OpenRegistration(follow_up, at(tomorrow, 8, 0, manila)), now
+    # Three of Jakarta's participants sign up again: each gets a confirmation at once and the
+    # "starts tomorrow" reminder within a minute (both land in var/mail in embedded mode).
+    for name, organisation, role, country in PARTICIPANTS[:3]:
+        email = f"{uid('email', name).hex[:10]}@participants.example.org"
+        yield (
+            CONSULTATION,
+            follow_up,
+            c.RegisterParticipant(
+                consultation_id=follow_up,
+                registration_id=uid("registration", "follow-up", name),
+                person_id=person_id(email),
+                name=name,
+                email=email,
+                role=role,
+                organisation_id=ids[organisation],
+                country=country,
+            ),
+            now,
+        )

@@ -40,7 +40,7 @@ from infra.mail.render import compose, render
 from infra.mail.transport import Transport, transport
 from infra.projections.consultations import consultations, registrations
 from infra.projections.organisations import organisations
-from infra.projections.reminders import reminders
+from infra.projections.reminders import reminder_statements, reminders
 from infra.schema import mail_outbox, reminder_fanouts
 from services.errors import ConcurrencyError
 from services.ports import NO_STREAM, Metadata
@@ -149,6 +149,8 @@ class Reminders:
                 return []  # a closer reminder for the same deadline is due too
         elif now - reminder.due_at > timedelta(seconds=self.settings.notice_max_age_s):
             return []  # an old notice (e.g. an imported log) helps nobody now
+        elif self._moot(conn, reminder, now):
+            return []
         audience = reminder.audience
         kind = audience["kind"]
         if kind == REGISTRATION:
@@ -168,6 +170,22 @@ class Reminders:
         if kind == NON_ENDORSERS:
             return [(ORGANISATION_KIND, i) for i in self._non_endorsers(conn, reminder)]
         raise ValueError(f"unknown audience {kind!r}")
+
+    def _moot(self, conn: Connection, reminder: Any, now: datetime) -> bool:
+        """A notice about something already over: a sign-up for a consultation that has
+        ended, an endorsement after endorsing closed (e.g. history loaded by ``concord demo``
+        or a migration, whose events are recorded today)."""
+        if reminder.statement_id is not None:
+            if reminder.rule != "endorsement_recorded":
+                return False
+            deadline = conn.execute(
+                select(reminder_statements.c.deadline).where(
+                    reminder_statements.c.statement_id == reminder.statement_id
+                )
+            ).scalar_one_or_none()
+            return deadline is None or deadline <= now
+        detail = self._detail(conn, reminder.consultation_id)
+        return detail is None or datetime.fromisoformat(detail["ends_at"]) <= now
 
     def _superseded(self, conn: Connection, reminder: Any, now: datetime) -> bool:
         closer = conn.execute(
@@ -275,7 +293,7 @@ class Reminders:
                 self._finish(key, "dropped", now, error="its deadline passed before it was sent")
                 return SendResult(key, "dropped")
             try:
-                context, address, calendar = self._context(conn, reminder, row)
+                context, address, calendar = self._context(conn, reminder, row, now)
             except _Skip as skip:
                 self._finish(key, "skipped", now, error=str(skip))
                 return SendResult(key, "skipped", str(skip))
@@ -387,7 +405,7 @@ class Reminders:
     # -- what the message says -------------------------------------------------------------
 
     def _context(
-        self, conn: Connection, reminder: Any, row: Any
+        self, conn: Connection, reminder: Any, row: Any, now: datetime
     ) -> tuple[dict[str, Any], str, bytes | None]:
         detail = self._detail(conn, reminder.consultation_id)
         if detail is None:
@@ -410,7 +428,7 @@ class Reminders:
                 ),
             },
             "counts": detail["counts"],
-            "relative": _relative(reminder.offset_s),
+            "relative": _relative(reminder.deadline, now, zone),
             "reason": reminder.audience.get("reason"),
             "organiser": False,
             "closes_local": _local(detail["registration"]["closes_at"], zone)
@@ -496,14 +514,19 @@ def _local(value: str | datetime | None, zone: ZoneInfo) -> str:
     return local.strftime("%A %-d %B %Y, %H:%M")
 
 
-def _relative(offset_s: int | None) -> str:
-    if offset_s is None:
+def _relative(deadline: datetime | None, now: datetime, zone: ZoneInfo) -> str:
+    """How far off the deadline is, on the local calendar ("tomorrow", "in 7 days").
+
+    Counted from when the message is sent, not from its offset: a reminder that goes out
+    late (the consultation was planned at short notice) still tells the truth.
+    """
+    if deadline is None:
         return "now"
-    if offset_s % 86_400 == 0:
-        days = offset_s // 86_400
-        return "tomorrow" if days == 1 else f"in {days} days"
-    hours = offset_s / 3600
-    return f"in {hours:g} hours"
+    days = (deadline.astimezone(zone).date() - now.astimezone(zone).date()).days
+    if days <= 0:
+        hours = max(1, round((deadline - now).total_seconds() / 3600))
+        return f"in {hours} hour{'s' if hours != 1 else ''}"
+    return "tomorrow" if days == 1 else f"in {days} days"
 
 
 def schedule(system: System, consultation_id: UUID) -> list[dict[str, Any]]:

@@ -144,3 +144,59 @@ def test_serve_in_embedded_mode_runs_api_worker_and_scheduler(
     output = log.read_text(errors="replace")
     assert "celery@" in output, output[-3000:]
     assert server.returncode is not None
+
+
+def test_make_run_puts_the_demo_reminders_in_the_maildir_within_a_minute(
+    embedded_env: dict[str, str], tmp_path: Path
+) -> None:
+    """``make run`` is migrate, demo, serve: the demo's follow-up starts tomorrow, so its
+    participants' confirmations and their "starts tomorrow" reminder reach var/mail, which any
+    mail client opens, within a minute, each message once."""
+    import email
+    from email.policy import default
+
+    env = {**os.environ, **embedded_env}
+    env.pop("DATABASE_URL", None)
+    env.pop("REDIS_URL", None)
+    env.pop("SMTP_URL", None)
+    for step in (["migrate"], ["demo"]):
+        subprocess.run(
+            [sys.executable, "-m", "infra.cli", *step],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+    maildir = Path(embedded_env["CONCORD_DATA_DIR"]) / "mail" / "new"
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "serve", "--port", str(port)],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        subjects: list[str] = []
+        while time.monotonic() < deadline:
+            files = sorted(maildir.glob("concord-*")) if maildir.exists() else []
+            subjects = [
+                str(email.message_from_bytes(f.read_bytes(), policy=default)["Subject"])
+                for f in files
+            ]
+            starts = [s for s in subjects if s.startswith("Reminder:")]
+            if len(starts) == 3 and len(subjects) == 6:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the Maildir has {subjects}; log: {log.read_text()[-3000:]}")
+        assert all("follow-up" in s for s in subjects), subjects
+        assert sum(s.startswith("Registration confirmed") for s in subjects) == 3
+        time.sleep(3)  # a second tick (the relay's or the minute's) sends nothing more
+        assert len(list(maildir.glob("concord-*"))) == 6
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
