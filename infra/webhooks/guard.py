@@ -14,6 +14,7 @@ and IPv6 addresses that embed an IPv4 one (mapped, 6to4, NAT64) are judged by th
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,11 +26,20 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolve = Callable[[str, int], Sequence[str]]
 
 MAX_URL = 2048
+#: A host name (IDNA-encoded) or IPv4 literal; IPv6 literals are checked by parsing them.
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 #: Carrier-grade NAT (RFC 6598): not private in Python's sense, not public either.
 SHARED = ipaddress.ip_network("100.64.0.0/10")
 #: Cloud metadata services on otherwise public-looking addresses (link-local and private
 #: ones such as 169.254.169.254, fd00:ec2::254, 100.100.100.200 are refused anyway).
 METADATA = (ipaddress.ip_network("168.63.129.16/32"),)  # Azure wire server
+#: Special-purpose ranges that Python 3.11 still counts as global (IANA: not globally
+#: reachable): IETF protocol assignments (with Oracle's metadata 192.0.0.192), the old 6to4
+#: relay anycast, the IPv6 discard prefix.
+SPECIAL = tuple(
+    ipaddress.ip_network(n) for n in ("192.0.0.0/24", "192.88.99.0/24", "100::/64", "2001::/23")
+)
 #: RFC 6052 NAT64 prefix: the last 32 bits are an IPv4 address.
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 #: Names that mean this machine or a metadata service whatever DNS says.
@@ -106,6 +116,7 @@ def blocked_reason(ip: IP) -> str | None:
         (ip.version == 4 and ip in SHARED, "a shared (carrier-grade NAT) address"),
         (ip.is_private, "a private address"),
         (ip.is_reserved, "a reserved address"),
+        (any(ip in n for n in SPECIAL if n.version == ip.version), "a special-purpose address"),
         (not ip.is_global, "not a public address"),
     )
     return next((why for hit, why in checks if hit), None)
@@ -125,6 +136,8 @@ def parse(url: str, allow: AllowList) -> Target:
         raise UnsafeTarget("the URL must start with https://")
     if not host:
         raise UnsafeTarget("the URL has no host")
+    if not (HOSTNAME.fullmatch(host) or (":" in host and literal(host) is not None)):
+        raise UnsafeTarget(f"not a valid host name: {host!r}")
     if parsed.userinfo:
         raise UnsafeTarget("credentials in the URL are not allowed")
     if port is not None and not 0 < port < 65536:
