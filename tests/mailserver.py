@@ -32,10 +32,13 @@ class Inbox:
     messages: list[EmailMessage] = field(default_factory=list)
     delay_s: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Set while a client waits in RCPT (a test may kill the sender right then).
+    in_rcpt: threading.Event = field(default_factory=threading.Event)
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
     ) -> str:
+        self.in_rcpt.set()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         envelope.rcpt_tos.append(address)
