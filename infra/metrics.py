@@ -183,8 +183,8 @@ def event_log(scrape: Scrape) -> Iterator[Reading]:
                 )
             ).scalar_one()
         )
-        behind = {n: rows.get(n, (0, None))[0] for n in scrape.projections}
-        oldest_needed = {p + 1 for p in behind.values() if p < head}
+        applied = {n: rows.get(n, (0, None))[0] for n in scrape.projections}
+        oldest_needed = {p + 1 for p in applied.values() if p < head}
         recorded = (
             dict(
                 conn.execute(
@@ -197,7 +197,7 @@ def event_log(scrape: Scrape) -> Iterator[Reading]:
             else {}
         )
     yield Reading("concord_events_appended", {}, head)
-    for name, position in behind.items():
+    for name, position in applied.items():
         label = {"projection": name}
         yield Reading("concord_projection_position", label, position)
         yield Reading("concord_projection_lag_events", label, max(head - position, 0))
