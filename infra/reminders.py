@@ -31,7 +31,7 @@ from uuid import UUID
 from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, and_, false, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from infra.bootstrap import System
@@ -247,7 +247,7 @@ class Reminders:
             conn.execute(
                 update(mail_outbox)
                 .where(mail_outbox.c.status == "sending", mail_outbox.c.claimed_until < now)
-                .values(status="pending", claimed_until=None, next_attempt_at=now)
+                .values(status="pending", claimed_until=None, claimed_by=None, next_attempt_at=now)
             )
             keys = list(
                 conn.execute(
@@ -267,14 +267,21 @@ class Reminders:
 
     # -- send ------------------------------------------------------------------------------
 
-    def send(self, key: str, now: datetime | None = None) -> SendResult:
+    def send(
+        self, key: str, now: datetime | None = None, *, task_id: str | None = None
+    ) -> SendResult:
         """Send message ``key`` unless it is already sent, taken, or no longer wanted.
 
         Only a pending message can be claimed; back-off is the tick's business (it hands a
-        key out only once its ``next_attempt_at`` has come).
+        key out only once its ``next_attempt_at`` has come). A message claimed by the same
+        ``task_id`` is taken over at once: that is Celery redelivering a task whose worker
+        process died (``task_acks_late`` + ``task_reject_on_worker_lost``), and it cannot
+        still be running elsewhere because a broker reconnect cancels running late-ack tasks
+        (``worker_cancel_long_running_tasks_on_connection_loss``). Anyone else waits for the
+        lease to run out.
         """
         now = now or datetime.now(UTC)
-        row = self._claim(key, now)
+        row = self._claim(key, now, task_id)
         if row is None:
             return SendResult(key, "not-claimed")
         stream = message_stream(key)
@@ -316,15 +323,27 @@ class Reminders:
         log.info("message sent", key=key, rule=row.rule, transport=self.mail.name)
         return SendResult(key, "sent")
 
-    def _claim(self, key: str, now: datetime) -> Any:
+    def _claim(self, key: str, now: datetime, task_id: str | None = None) -> Any:
         lease = now + timedelta(seconds=self.settings.mail_lease_s)
         with self.db.write() as conn:
             claimed = conn.execute(
                 update(mail_outbox)
-                .where(mail_outbox.c.key == key, mail_outbox.c.status == "pending")
+                .where(
+                    mail_outbox.c.key == key,
+                    or_(
+                        mail_outbox.c.status == "pending",
+                        and_(
+                            mail_outbox.c.status == "sending",
+                            mail_outbox.c.claimed_by == task_id,
+                        )
+                        if task_id
+                        else false(),
+                    ),
+                )
                 .values(
                     status="sending",
                     claimed_until=lease,
+                    claimed_by=task_id,
                     attempts=mail_outbox.c.attempts + 1,
                 )
             )
@@ -374,6 +393,7 @@ class Reminders:
                 .values(
                     status=status,
                     claimed_until=None,
+                    claimed_by=None,
                     sent_at=now if status == "sent" else None,
                     position=position,
                     last_error=error,
@@ -392,6 +412,7 @@ class Reminders:
                 .values(
                     status="failed" if give_up else "pending",
                     claimed_until=None,
+                    claimed_by=None,
                     failures=mail_outbox.c.failures + 1,
                     next_attempt_at=now + timedelta(seconds=delay),
                     last_error=error,

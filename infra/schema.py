@@ -146,6 +146,8 @@ mail_outbox = Table(
     Column("failures", Integer, nullable=False),
     Column("next_attempt_at", UtcDateTime(), nullable=False),
     Column("claimed_until", UtcDateTime(), nullable=True),
+    #: The Celery task that holds the claim: its own redelivery may take over at once.
+    Column("claimed_by", String(64), nullable=True),
     Column("last_error", String(1000), nullable=True),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("sent_at", UtcDateTime(), nullable=True),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from celery import Task
+
 from workers.celery_app import app, reminders, system
 
 
@@ -51,10 +53,10 @@ def tick_reminders() -> int:
     return len(keys)
 
 
-@app.task(name="reminders.send", ignore_result=True)
-def send_reminder(key: str) -> str:
+@app.task(name="reminders.send", ignore_result=True, bind=True)
+def send_reminder(self: Task, key: str) -> str:
     """Send one message, exactly once per key; returns what happened."""
-    return reminders().send(key).status
+    return reminders().send(key, task_id=self.request.id).status
 
 
 @app.task(name="webhooks.scan", ignore_result=True)

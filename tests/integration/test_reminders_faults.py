@@ -192,3 +192,65 @@ def test_workers_and_two_schedulers_send_every_message_once_through_faults(
             assert [e.type for e in recorded] == ["reminder.sent"]
         beats = [(logs / f"beat{i}.log").read_text(errors="replace") for i in (1, 2)]
         assert all("reminders.tick" in b for b in beats), "both schedulers were ticking"
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.extend(int(c) for c in text)
+    return found
+
+
+def test_a_pool_process_killed_mid_send_is_redelivered_at_once(
+    pg_system: System, private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    """Why ``task_acks_late`` + ``task_reject_on_worker_lost``: kill -9 of the pool process
+    that is sending; the worker's main process sees it die, gives the message back to the
+    queue, and the redelivered task (same task id) takes its own claim over at once — long
+    before the 10-minute lease would let anyone else. No scheduler runs here, so nothing
+    else could have sent it."""
+    system = pg_system
+    with MailServer() as smtp:
+        smtp.inbox.delay_s = 1.5
+        env = {
+            **os.environ,
+            "DATABASE_URL": system.settings.database_url,
+            "REDIS_URL": private_redis.url,
+            "SMTP_URL": smtp.url,
+            "CONCORD_DATA_DIR": str(tmp_path / "worker"),
+            "CONCORD_LOG_FORMAT": "console",
+            "CONCORD_MAIL_LEASE": "600",
+        }
+        log = tmp_path / "worker.log"
+        worker = spawn(["worker", "--concurrency", "1"], env, log)
+        try:
+            with TestClient(create_app(system)) as client:
+                keys = Keys(system)
+                organiser = keys.organiser
+                host = org(client, organiser, "HRWG", "hrwg@example.org")
+                starts = datetime.now(UTC).replace(microsecond=0) + timedelta(days=20)
+                cid = plan(client, organiser, host, "Asia/Jakarta", starts)
+                opened = client.post(
+                    f"/v1/consultations/{cid}/open-registration",
+                    json={"closes_at": (starts - timedelta(days=5)).isoformat()},
+                    headers=organiser,
+                )
+                assert opened.status_code == 200, opened.text
+                register(client, organiser, cid, "Đặng Thị Mai", "mai@example.org")
+                assert smtp.inbox.in_rcpt.wait(60), "the worker never started sending"
+                pool = _children(worker.pid)
+                assert pool, "no pool process"
+                for child in pool:
+                    os.kill(child, signal.SIGKILL)
+                smtp.inbox.wait_for(1, timeout_s=60)
+                time.sleep(2)
+        finally:
+            stop(worker)
+        output = log.read_text(errors="replace")
+        assert "WorkerLostError" in output or "exited with 'signal 9" in output, output[-3000:]
+        received = smtp.inbox.by_id()
+        assert len(received) == 1 and all(len(v) == 1 for v in received.values())
+        with system.db.read() as conn:
+            [row] = conn.execute(mail_outbox.select()).all()
+        assert row.status == "sent" and row.attempts == 2
