@@ -255,8 +255,12 @@ def test_the_jakarta_statement_end_to_end(
         system.db, system.store, [Dispatcher(lambda n, k: sent.append((n, k)), ROUTES)]
     )
     relay.catch_up()
-    assert sent == [("statements.compile", {"statement_id": sid, "job_id": job.json()["id"]})]
-    files = compile_statement(system, *(__import__("uuid").UUID(v) for v in sent[0][1].values()))
+    compiles = [task for task in sent if task[0] == "statements.compile"]
+    assert compiles == [("statements.compile", {"statement_id": sid, "job_id": job.json()["id"]})]
+    assert {name for name, _ in sent} == {"statements.compile", "reminders.tick"}  # notices
+    files = compile_statement(
+        system, *(__import__("uuid").UUID(v) for v in compiles[0][1].values())
+    )
     assert (
         compile_statement(
             system, __import__("uuid").UUID(sid), __import__("uuid").UUID(job.json()["id"])
