@@ -133,11 +133,15 @@ class Idempotency:
 
 
 #: Response fields never kept for replay: secrets are shown once.
-SECRET_FIELDS = {"/v1/api-keys": "key"}
+SECRET_FIELDS = {"/v1/api-keys": "key", "/v1/subscriptions": "secret"}
+#: The same, for paths that end so (an id comes before them).
+SECRET_SUFFIXES = {"/rotate-secret": "secret"}
 
 
 def _redact(path: str, body: bytes) -> bytes:
-    field = SECRET_FIELDS.get(path)
+    field = SECRET_FIELDS.get(path) or next(
+        (f for suffix, f in SECRET_SUFFIXES.items() if path.endswith(suffix)), None
+    )
     if field is None or not body:
         return body
     try:

@@ -22,6 +22,7 @@ from api.routers import (
     reminders,
     series,
     statements,
+    subscriptions,
 )
 from infra.bootstrap import System, bootstrap
 from infra.integration import live
@@ -81,6 +82,7 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
     checked = [Depends(current_principal)]
     for router in (events, organisations, consultations, reminders, series, statements, api_keys):
         app.include_router(router.router, dependencies=checked)
+    app.include_router(subscriptions.router, dependencies=checked)
     app.include_router(event_types.router, dependencies=checked)
     app.add_middleware(Idempotency)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -42,6 +42,8 @@ PUBLIC = EVERYONE - {BAD_KEY}
 ADMINS = frozenset({ADMIN})
 ORGANISERS = frozenset({ADMIN, ORGANISER})
 EVENT_READERS = frozenset({ADMIN, ORGANISER, INTEGRATOR})
+#: Webhook subscriptions: admins, and integrator keys for their own (another key's is a 404).
+INTEGRATORS = frozenset({ADMIN, INTEGRATOR})
 #: Organisers, or an organisation key acting for the organisation that owns the object.
 OWNER = frozenset({ADMIN, ORGANISER, OWN_ORG})
 #: Every member key may call it; what an organisation key sees is filtered to its own rows.
@@ -50,6 +52,7 @@ MEMBERS = frozenset({ADMIN, ORGANISER, OWN_ORG, OTHER_ORG})
 C = "/v1/consultations/{consultation_id}"
 R = C + "/registrations/{registration_id}"
 S = "/v1/statements/{statement_id}"
+W = "/v1/subscriptions/{subscription_id}"
 
 #: (method, path template) -> the callers allowed through. Objects in the paths (and the
 #: ``organisation_id`` in bodies) belong to organisation A; "own" is A's key, "other" is B's.
@@ -119,6 +122,15 @@ ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/api-keys"): ADMINS,
     ("POST", "/v1/api-keys"): ADMINS,
     ("DELETE", "/v1/api-keys/{key_id}"): ADMINS,
+    # webhook subscriptions (the one in the paths belongs to the integrator caller's key)
+    ("POST", "/v1/subscriptions"): INTEGRATORS,
+    ("GET", "/v1/subscriptions"): INTEGRATORS,
+    ("GET", W): INTEGRATORS,
+    ("PATCH", W): INTEGRATORS,
+    ("DELETE", W): INTEGRATORS,
+    ("POST", W + "/rotate-secret"): INTEGRATORS,
+    ("GET", W + "/deliveries"): INTEGRATORS,
+    ("POST", W + "/replay"): INTEGRATORS,
 }
 
 #: Served but left out of the schema; they must stay readable without a key.
@@ -165,6 +177,7 @@ class World:
     headers: dict[str, dict[str, str]]
     statement_id: str = ""
     recommendation_id: str = ""
+    subscription_id: str = ""
 
     @property
     def ids(self) -> dict[str, str]:
@@ -182,6 +195,7 @@ class World:
             "amendment_id": str(uuid4()),
             "job_id": str(uuid4()),
             "kind": "pdf",
+            "subscription_id": self.subscription_id,
         }
 
 
@@ -294,6 +308,14 @@ def build_world(client: TestClient, keys: Keys) -> World:
             headers=organiser,
         )
     )["sections"][0]["recommendations"][0]["id"]
+    integrator = keys.integrator
+    subscription = _created(
+        client.post(
+            "/v1/subscriptions",
+            json={"url": "https://hooks.example.org/concord"},
+            headers=integrator,
+        )
+    )["id"]
     headers = {
         ANONYMOUS: {},
         BAD_KEY: {"Authorization": "Bearer concord_00000000_not-a-key-we-issued"},
@@ -301,7 +323,7 @@ def build_world(client: TestClient, keys: Keys) -> World:
         ORGANISER: organiser,
         OWN_ORG: keys.make("organisation", org_a),
         OTHER_ORG: keys.make("organisation", org_b),
-        INTEGRATOR: keys.integrator,
+        INTEGRATOR: integrator,
     }
     return World(
         org_a=org_a,
@@ -318,6 +340,7 @@ def build_world(client: TestClient, keys: Keys) -> World:
         headers=headers,
         statement_id=statement["id"],
         recommendation_id=recommendation,
+        subscription_id=subscription,
     )
 
 
@@ -374,6 +397,9 @@ BODIES: dict[tuple[str, str], Callable[[World], Any]] = {
     ("POST", "/v1/series"): lambda w: {"title": "Regional", "planned_countries": ["TH"]},
     ("POST", "/v1/series/{series_id}/countries"): lambda w: {"countries": ["KH"]},
     ("POST", "/v1/api-keys"): lambda w: {"name": "ci", "role": "integrator"},
+    ("POST", "/v1/subscriptions"): lambda w: {"url": "https://hooks.example.org/crm"},
+    ("PATCH", W): lambda w: {"description": "CRM mirror", "status": "paused"},
+    ("POST", W + "/replay"): lambda w: {"after": 0},
     ("POST", C + "/statements"): lambda w: {"title": "Another statement", "language": "en"},
     ("POST", S + "/recommendations"): lambda w: {
         "thematic_area": w.thematic_area,
