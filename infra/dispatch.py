@@ -12,6 +12,7 @@ the log).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
@@ -25,6 +26,10 @@ log = structlog.get_logger("concord.dispatch")
 Task = tuple[str, dict[str, Any]]
 Route = Callable[[RecordedEvent], Task | None]
 Send = Callable[[str, dict[str, Any]], None]
+
+#: The correlation id of the event being relayed; the Celery sender puts it in the task's
+#: headers, and the worker binds it to every log line the task writes.
+CORRELATION: ContextVar[str | None] = ContextVar("concord_correlation", default=None)
 
 
 class Dispatcher:
@@ -45,7 +50,11 @@ class Dispatcher:
             if task is not None and task not in sent:  # one tick per batch is enough
                 sent.append(task)
                 name, kwargs = task
-                self.send(name, kwargs)
+                token = CORRELATION.set(event.metadata.get("correlation_id"))
+                try:
+                    self.send(name, kwargs)
+                finally:
+                    CORRELATION.reset(token)
                 log.info("task enqueued", task=name, position=event.position, **kwargs)
 
 
@@ -53,6 +62,8 @@ def celery_sender(app: Any, queue: str) -> Send:
     """Send by task name, so infra needs no import of the workers package."""
 
     def send(name: str, kwargs: dict[str, Any]) -> None:
-        app.send_task(name, kwargs=kwargs, queue=queue)
+        correlation = CORRELATION.get()
+        headers = {"correlation_id": correlation} if correlation else None
+        app.send_task(name, kwargs=kwargs, queue=queue, headers=headers)
 
     return send

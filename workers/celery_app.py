@@ -58,6 +58,22 @@ def _logging(**_: Any) -> None:
     configure_logging(settings.log_format, settings.log_level)
 
 
+@signals.task_prerun.connect
+def _bind_log_context(task: Any = None, task_id: str | None = None, **_: Any) -> None:
+    """Every log line a task writes names the task and, when the relay started it, the
+    correlation id of the request that caused the event (X-Request-ID)."""
+    structlog.contextvars.clear_contextvars()
+    correlation = getattr(task.request, "correlation_id", None) if task is not None else None
+    structlog.contextvars.bind_contextvars(
+        task=getattr(task, "name", None), task_id=task_id, correlation_id=correlation
+    )
+
+
+@signals.task_postrun.connect
+def _clear_log_context(**_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+
+
 @signals.worker_ready.connect
 def _start_projector(**_: Any) -> None:
     system().start_background(dispatch=True)

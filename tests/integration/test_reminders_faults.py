@@ -190,6 +190,11 @@ def test_workers_and_two_schedulers_send_every_message_once_through_faults(
         for row in rows:
             recorded = system.store.read_stream(message_stream(row.key))
             assert [e.type for e in recorded] == ["reminder.sent"]
+        worker_log = (logs / "worker.log").read_text(errors="replace")
+        due = [line for line in worker_log.splitlines() if "reminder due" in line]
+        assert any("correlation_id=" in line and "task=reminders.tick" in line for line in due), (
+            "the relay's tasks log the correlation id of the request behind the event"
+        )
         beats = [(logs / f"beat{i}.log").read_text(errors="replace") for i in (1, 2)]
         assert all("reminders.tick" in b for b in beats), "both schedulers were ticking"
 
