@@ -216,8 +216,8 @@ async def event_stream(
         stream_id=stream_id,
     )
     start = last_event_id if last_event_id is not None else after
-    # The reconnection delay for EventSource, and an early byte so the client sees the stream.
-    yield ServerSentEvent(comment="stream open", retry=1000)
+    # An early byte, so the client sees the stream open even when nothing is due yet.
+    yield ServerSentEvent(comment="stream open")
     async for item in live.follow(
         system.store,
         start,
