@@ -492,3 +492,52 @@ def test_a_name_that_resolves_to_loopback_at_send_time_is_refused(rig: Rig) -> N
     assert row.status == "pending" and row.attempts == 1
     assert row.last_error.startswith("refused: rebind.example.org resolves to 127.0.0.1")
     assert rig.receiver.received == []
+
+
+def test_the_readme_receiver_verifies_and_parses_real_deliveries(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ten-line receiver in README.md ("Webhooks"), served by uvicorn, gets real deliveries."""
+    import ast
+    import re
+    import socket
+
+    import uvicorn
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Webhooks") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    owner = rig.system.keys.create("integrator", "readme")[0].id
+    sub, secret = rig.subs.create(owner, f"http://127.0.0.1:{port}/concord")
+    source = code.group(1).replace('Webhook("whsec_…")', f'Webhook("{secret}")')
+    assert source != code.group(1)
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "README.md", "exec"), namespace)
+    server = uvicorn.Server(
+        uvicorn.Config(namespace["app"], host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            thread.join(0.05)
+        events = rig.publish(2)
+        assert rig.run(sub) == 2
+        rig.subs.replay(sub.id, after=0)
+        assert rig.run(sub) == 2, "replayed: received again, printed once"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    printed = [
+        line.split(" ", 2)
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("org.concord.")
+    ]
+    assert [(kind, int(position), ast.literal_eval(data)) for kind, position, data in printed] == [
+        ("org.concord.organisation.registered.v1", e.position, e.data) for e in events
+    ]
+    assert [r.last_status_code for r in rig.deliveries(sub)] == [204, 204]
