@@ -3,7 +3,8 @@
 Who may: ``admin`` keys, and ``integrator`` keys for the subscriptions they created. Another
 key's subscription answers 404 (not 403), so ids of other integrators' subscriptions cannot be
 probed. Organiser and organisation keys get 403: webhooks are an integration concern; an
-organiser who wants them asks an admin for an integrator key.
+organiser who wants them asks an admin for an integrator key. Revoking the key that owns a
+subscription stops its deliveries (they wait; an admin may delete the subscription).
 """
 
 from __future__ import annotations

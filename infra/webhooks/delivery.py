@@ -38,6 +38,7 @@ from sqlalchemy import Connection, and_, func, or_, select, update
 from infra.db import Database
 from infra.eventstore.store import SqlEventStore
 from infra.integration.contract import cloudevent
+from infra.schema import api_keys
 from infra.settings import Settings
 from infra.webhooks import signing
 from infra.webhooks.guard import AllowList, Resolve, system_resolve
@@ -140,8 +141,10 @@ class Deliverer:
                 ),
             )
             .join(s, s.c.id == d.c.subscription_id)
+            .join(api_keys, api_keys.c.id == s.c.owner_key_id)
             .where(
                 s.c.status == "active",
+                api_keys.c.revoked_at.is_(None),
                 or_(s.c.nudged_until.is_(None), s.c.nudged_until <= now),
                 or_(
                     and_(d.c.status == "pending", d.c.next_attempt_at <= now),
@@ -186,6 +189,11 @@ class Deliverer:
             sub = conn.execute(select(s).where(s.c.id == subscription_id)).first()
             if sub is None or sub.status != "active":
                 return None
+            revoked = conn.execute(
+                select(api_keys.c.revoked_at).where(api_keys.c.id == sub.owner_key_id)
+            ).scalar()
+            if revoked is not None:
+                return None  # a revoked key's subscriptions wait (an admin may delete them)
             head = conn.execute(
                 select(d)
                 .where(

@@ -541,3 +541,14 @@ def test_the_readme_receiver_verifies_and_parses_real_deliveries(
         ("org.concord.organisation.registered.v1", e.position, e.data) for e in events
     ]
     assert [r.last_status_code for r in rig.deliveries(sub)] == [204, 204]
+
+
+def test_a_revoked_keys_subscriptions_stop_delivering(rig: Rig) -> None:
+    sub = rig.subscribe()
+    rig.publish(1)
+    rig.relay.catch_up()
+    rig.system.keys.revoke(sub.owner_key_id)
+    assert rig.deliverer.due() == []
+    assert rig.run(sub) == 0
+    assert rig.receiver.received == []
+    assert [r.status for r in rig.deliveries(sub)] == ["pending"]
