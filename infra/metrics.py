@@ -42,7 +42,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from infra.db import Database
 from infra.queue import broker_urls
@@ -134,6 +134,9 @@ FAMILIES: dict[str, Family] = {
     ),
     "concord_mail_outbox_messages": Family(
         "gauge", "Mail outbox rows by status (pending, sending, sent, failed, …).", ("status",)
+    ),
+    "concord_webhook_deliveries": Family(
+        "gauge", "Webhook deliveries (one per subscription and event) by status.", ("status",)
     ),
     "concord_metrics_source_up": Family(
         "gauge",
@@ -235,6 +238,23 @@ def mail(scrape: Scrape) -> Iterator[Reading]:
     yield Reading("concord_deliveries_failed", {"channel": "mail"}, failures)
 
 
+def webhooks(scrape: Scrape) -> Iterator[Reading]:
+    """Webhook deliveries by status and failed attempts (anything but a 2xx answer)."""
+    from infra.webhooks.tables import webhook_attempts, webhook_deliveries
+
+    d, a = webhook_deliveries, webhook_attempts
+    with scrape.db.read() as conn:
+        by_status = conn.execute(select(d.c.status, func.count()).group_by(d.c.status)).all()
+        failed = conn.execute(
+            select(func.count())
+            .select_from(a)
+            .where(or_(a.c.status_code.is_(None), a.c.status_code < 200, a.c.status_code >= 300))
+        ).scalar_one()
+    for status, count in by_status:
+        yield Reading("concord_webhook_deliveries", {"status": status}, int(count))
+    yield Reading("concord_deliveries_failed", {"channel": "webhook"}, int(failed))
+
+
 def queue_depth(scrape: Scrape) -> Iterator[Reading]:
     """Messages waiting in this deployment's Celery queue, asked of the broker itself."""
     queue = scrape.settings.queue
@@ -307,6 +327,7 @@ def _sqlite_path(broker_url: str) -> str:
 SOURCES: list[tuple[str, Source]] = [
     ("event_log", event_log),
     ("mail", mail),
+    ("webhooks", webhooks),
     ("queue", queue_depth),
 ]
 

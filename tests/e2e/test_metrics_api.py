@@ -426,3 +426,39 @@ def test_counts_add_up_across_api_processes(system: System, tmp_path: Path) -> N
         # A new deployment starts from an empty directory.
         prepare_multiprocess_dir(shared)
         assert scrape(client, admin).value("concord_commands_total", **REGISTERED) is None
+
+
+def test_failed_webhook_attempts_are_counted(
+    client: TestClient, admin: dict, system: System
+) -> None:
+    from datetime import UTC, datetime
+    from uuid import uuid4
+
+    from infra.webhooks.tables import webhook_attempts, webhook_deliveries, webhook_subscriptions
+
+    now = datetime.now(UTC)
+    subscription, delivery = uuid4(), uuid4()
+    with system.db.write() as conn:
+        conn.execute(
+            webhook_subscriptions.insert().values(
+                id=subscription, owner_key_id=uuid4(), url="https://example.org/hook",
+                status="active", secret="whsec_x", start_after=0, created_at=now, updated_at=now,
+            )
+        )  # fmt: skip
+        conn.execute(
+            webhook_deliveries.insert().values(
+                id=delivery, subscription_id=subscription, event_id=uuid4(), position=1,
+                event_type="consultation.planned", status="pending", attempts=3, round=1,
+                created_at=now, updated_at=now,
+            )
+        )  # fmt: skip
+        for number, code in enumerate((500, None, 302, 204), start=1):
+            conn.execute(
+                webhook_attempts.insert().values(
+                    delivery_id=delivery, number=number, round=1, started_at=now,
+                    duration_ms=5, status_code=code,
+                )
+            )  # fmt: skip
+    samples = scrape(client, admin)
+    assert samples.value("concord_deliveries_failed_total", channel="webhook") == 3
+    assert samples.named("concord_webhook_deliveries") == {frozenset({("status", "pending")}): 1}
