@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-import infra.projections  # noqa: F401  (registers the projection tables on the metadata)
+import infra.projections
 import infra.webhooks.tables  # noqa: F401  (webhook subscriptions and deliveries)
 from infra.db import Database
 from infra.migrate import include_object
