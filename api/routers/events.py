@@ -169,6 +169,19 @@ async def stream_slot(
 StreamSlot = Annotated[live.Lease, Depends(stream_slot)]
 
 
+def stream_filter(
+    types: Types = None, stream_type: StreamType = None, stream_id: StreamId = None
+) -> live.Filter:
+    """The stream's filter, checked before the response starts (a 422 cannot come later)."""
+    names = _types(types)
+    return live.Filter(
+        types=tuple(names) if names else None, stream_type=stream_type, stream_id=stream_id
+    )
+
+
+StreamFilter = Annotated[live.Filter, Depends(stream_filter)]
+
+
 @router.get(
     "/events/stream",
     response_class=EventSourceResponse,
@@ -187,11 +200,9 @@ StreamSlot = Annotated[live.Lease, Depends(stream_slot)]
 async def event_stream(
     system: SystemDep,
     principal: EventReader,
+    where: StreamFilter,
     lease: StreamSlot,
     after: Position = 0,
-    types: Types = None,
-    stream_type: StreamType = None,
-    stream_id: StreamId = None,
     last_event_id: Annotated[
         int | None,
         Header(
@@ -210,11 +221,6 @@ async def event_stream(
     reconnect with `Last-Event-ID` to carry on. A key may hold a few streams at once.
     """
     settings = system.settings
-    where = live.Filter(
-        types=tuple(names) if (names := _types(types)) else None,
-        stream_type=stream_type,
-        stream_id=stream_id,
-    )
     start = last_event_id if last_event_id is not None else after
     # An early byte, so the client sees the stream open even when nothing is due yet.
     yield ServerSentEvent(comment="stream open")
@@ -229,7 +235,10 @@ async def event_stream(
         if isinstance(item, live.Heartbeat):
             if not await _key_still_valid(system, principal):
                 return
-            await lease.renew()
+            try:
+                await lease.renew()
+            except live.LimiterUnavailable:
+                return  # end cleanly: the client reconnects (and hears 503 until it is back)
             yield ServerSentEvent(comment="keep-alive")
             continue
         body = public_event(item)

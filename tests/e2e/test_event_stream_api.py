@@ -235,8 +235,14 @@ def test_only_event_readers_may_stream(system: System, keys: Keys) -> None:
             assert response.status_code == status, response.text
             if status != 200:
                 assert response.headers["content-type"] == PROBLEM
-        bad = client.get("/v1/events/stream", headers={**keys.admin, "Last-Event-ID": "x"})
-        assert bad.status_code == 422 and bad.headers["content-type"] == PROBLEM
+        for headers, params in (
+            ({**keys.admin, "Last-Event-ID": "x"}, {}),
+            (keys.admin, {"types": "a," * 60}),
+            (keys.admin, {"stream_id": "not-a-uuid"}),
+        ):
+            bad = client.get("/v1/events/stream", headers=headers, params=params)
+            assert bad.status_code == 422, bad.text
+            assert bad.headers["content-type"] == PROBLEM
 
 
 def assert_too_many(response: httpx.Response) -> None:
