@@ -262,11 +262,14 @@ def test_configured_offsets_replace_the_defaults(
     member = keys.make("organisation", host)
     assert client.put(url, json={"consultation_starts": []}, headers=member).status_code == 403
 
-    assert client.post(
-        f"/v1/consultations/{cid}/open-registration",
-        json={"closes_at": (starts - timedelta(days=5)).isoformat()},
-        headers=organiser,
-    ).status_code == 200
+    assert (
+        client.post(
+            f"/v1/consultations/{cid}/open-registration",
+            json={"closes_at": (starts - timedelta(days=5)).isoformat()},
+            headers=organiser,
+        ).status_code
+        == 200
+    )
     register(client, organiser, cid, "Hariyanto", "hari@example.org")
     reminders = Reminders(system, mail=Smtp(smtp.url, 10))
     run(reminders, datetime.now(UTC))
