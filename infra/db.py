@@ -13,9 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
+
+
+def insert_or_skip(conn: Connection, table: Table) -> Insert:
+    """``INSERT … ON CONFLICT DO NOTHING`` on either back end: a row whose key exists is skipped
+    (two writers racing for one key both succeed, and one row results)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
 
 
 def _json_dumps(value: Any) -> str:

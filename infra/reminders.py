@@ -31,11 +31,11 @@ from uuid import UUID
 from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy import Connection, and_, false, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, and_, false, func, or_, select, update
 
 from infra.bootstrap import System
 from infra.calendar import ics
+from infra.db import insert_or_skip
 from infra.mail.render import compose, render
 from infra.mail.transport import Transport, transport
 from infra.projections.consultations import consultations, registrations
@@ -112,7 +112,7 @@ class Reminders:
         with self.db.write() as conn:
             recipients = self._recipients(conn, reminder, now)
             marked = conn.execute(
-                _insert_ignore(conn, reminder_fanouts).values(
+                insert_or_skip(conn, reminder_fanouts).values(
                     reminder_key=reminder.key, recipients=len(recipients), done_at=now
                 )
             )
@@ -137,7 +137,7 @@ class Reminders:
                 for key in [message_key(reminder.key, kind, recipient)]
             ]
             if rows:
-                conn.execute(_insert_ignore(conn, mail_outbox), rows)
+                conn.execute(insert_or_skip(conn, mail_outbox), rows)
         log.info("reminder due", reminder=reminder.key, recipients=len(recipients))
 
     def _recipients(self, conn: Connection, reminder: Any, now: datetime) -> list[tuple[str, UUID]]:
@@ -516,15 +516,6 @@ class Reminders:
 
 class _Skip(Exception):
     """This message cannot or need not be sent (no address, registration cancelled...)."""
-
-
-def _insert_ignore(conn: Connection, table: Any) -> Any:
-    """INSERT … ON CONFLICT DO NOTHING on either back end."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    if conn.dialect.name == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing()
-    return insert(table)
 
 
 def _local(value: str | datetime | None, zone: ZoneInfo) -> str:

@@ -16,8 +16,8 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from sqlalchemy import Connection, Table, select
-from sqlalchemy.dialects import postgresql, sqlite
 
+from infra.db import insert_or_skip
 from infra.dispatch import Send
 from infra.integration.contract import for_internal, internal_types
 from infra.projections.base import Tables
@@ -59,10 +59,7 @@ def insert_new(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     table = webhook_deliveries
     for start in range(0, len(rows), 500):
         chunk = rows[start : start + 500]
-        insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
-        conn.execute(
-            insert.on_conflict_do_nothing(index_elements=["subscription_id", "event_id"]), chunk
-        )
+        conn.execute(insert_or_skip(conn, table), chunk)
 
 
 class WebhookRelay:

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from infra.bootstrap import System
 from infra.integration.live import LocalLimiter, RedisLimiter
 from tests import backends
 from tests.e2e.conftest import Keys
+from tests.processes import free_port
 
 PROBLEM = "application/problem+json"
 REGISTERED = "org.concord.organisation.registered.v1"
@@ -366,13 +366,6 @@ def test_the_in_process_cap_counts_and_releases() -> None:
 
 
 # -- shutdown -------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_sigterm_ends_open_streams_cleanly_and_the_server_stops(system: System, keys: Keys) -> None:

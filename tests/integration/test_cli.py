@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from infra.settings import Settings
 from services.ports import NO_STREAM, NewEvent
 from tests.e2e.conftest import Keys
 from tests.e2e.test_statements_api import draft, sign_and_close
+from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,12 +65,6 @@ def test_migrate_then_rebuild_with_progress(embedded_env: dict[str, str]) -> Non
     unknown = runner.invoke(app, ["projections", "rebuild", "nope"])
     assert unknown.exit_code == 2
     assert "unknown projection 'nope'" in unknown.output
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_serve_in_embedded_mode_runs_api_worker_and_scheduler(

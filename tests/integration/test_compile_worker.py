@@ -19,6 +19,7 @@ from infra.bootstrap import System
 from tests import backends
 from tests.e2e.conftest import Keys
 from tests.e2e.test_statements_api import SIGNATORIES, draft, sign_and_close
+from tests.processes import start_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 _REDIS = backends.redis()
@@ -76,18 +77,6 @@ def test_a_redis_worker_compiles_the_signed_statement(pg_system: System, tmp_pat
         worker.wait(timeout=60)
         log.close()
     assert "statements.compile" in (tmp_path / "worker.log").read_text(errors="replace")
-
-
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "infra.cli", "worker", "--concurrency", "1"],
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: kill -9 takes the pool child too
-        )
 
 
 def test_a_worker_killed_mid_compile_loses_nothing(pg_system: System, tmp_path: Path) -> None:

@@ -75,6 +75,15 @@ def plan(
     return str(r.json()["id"])
 
 
+def open_registration(client: TestClient, organiser: dict, cid: str, closes: datetime) -> None:
+    r = client.post(
+        f"/v1/consultations/{cid}/open-registration",
+        json={"closes_at": closes.isoformat()},
+        headers=organiser,
+    )
+    assert r.status_code == 200, r.text
+
+
 def register(
     client: TestClient, headers: dict, cid: str, name: str, email_: str, org_id: str | None = None
 ) -> dict:
@@ -113,14 +122,7 @@ def test_each_reminder_fires_once_at_the_right_local_time(
 
     starts_local = starts.replace(tzinfo=ZoneInfo(zone))
     cid = plan(client, organiser, host, zone, starts_local)
-    assert (
-        client.post(
-            f"/v1/consultations/{cid}/open-registration",
-            json={"closes_at": (starts_local - timedelta(days=3)).isoformat()},
-            headers=organiser,
-        ).status_code
-        == 200
-    )
+    open_registration(client, organiser, cid, starts_local - timedelta(days=3))
     register(client, organiser, cid, "Nguyễn Thị Hà", "ha@example.org")
     reminders = Reminders(system, mail=Smtp(smtp.url, 10))
 
@@ -173,14 +175,7 @@ def test_rescheduling_moves_the_reminder_and_cancelling_drops_it(
     host = org(client, organiser, "HRWG", "hrwg@example.org")
     starts = datetime.now(UTC).replace(microsecond=0, second=0) + timedelta(days=30)
     cid = plan(client, organiser, host, "Asia/Jakarta", starts)
-    assert (
-        client.post(
-            f"/v1/consultations/{cid}/open-registration",
-            json={"closes_at": (starts - timedelta(days=5)).isoformat()},
-            headers=organiser,
-        ).status_code
-        == 200
-    )
+    open_registration(client, organiser, cid, starts - timedelta(days=5))
     register(client, organiser, cid, "Wahyu Susilo", "wahyu@example.org")
     reminders = Reminders(system, mail=Smtp(smtp.url, 10))
     run(reminders, datetime.now(UTC))
@@ -211,14 +206,7 @@ def test_rescheduling_moves_the_reminder_and_cancelling_drops_it(
 
     # A second consultation is cancelled before its reminders fall due.
     other = plan(client, organiser, host, "Asia/Manila", starts)
-    assert (
-        client.post(
-            f"/v1/consultations/{other}/open-registration",
-            json={"closes_at": (starts - timedelta(days=5)).isoformat()},
-            headers=organiser,
-        ).status_code
-        == 200
-    )
+    open_registration(client, organiser, other, starts - timedelta(days=5))
     register(client, organiser, other, "Ellene Sana", "ellene@example.org")
     run(reminders, datetime.now(UTC))
     cancelled = client.post(
@@ -262,14 +250,7 @@ def test_configured_offsets_replace_the_defaults(
     member = keys.make("organisation", host)
     assert client.put(url, json={"consultation_starts": []}, headers=member).status_code == 403
 
-    assert (
-        client.post(
-            f"/v1/consultations/{cid}/open-registration",
-            json={"closes_at": (starts - timedelta(days=5)).isoformat()},
-            headers=organiser,
-        ).status_code
-        == 200
-    )
+    open_registration(client, organiser, cid, starts - timedelta(days=5))
     register(client, organiser, cid, "Hariyanto", "hari@example.org")
     reminders = Reminders(system, mail=Smtp(smtp.url, 10))
     run(reminders, datetime.now(UTC))
@@ -291,14 +272,7 @@ def test_waitlist_and_registration_closing_notices(
     starts = datetime.now(UTC).replace(microsecond=0, second=0) + timedelta(days=30)
     closes = starts - timedelta(days=10)
     cid = plan(client, organiser, host, "Asia/Jakarta", starts, capacity=1, partner_ids=[partner])
-    assert (
-        client.post(
-            f"/v1/consultations/{cid}/open-registration",
-            json={"closes_at": closes.isoformat()},
-            headers=organiser,
-        ).status_code
-        == 200
-    )
+    open_registration(client, organiser, cid, closes)
     first = register(client, organiser, cid, "Anis Hidayah", "anis@example.org", host)
     second = register(client, organiser, cid, "Sister Ha", "ha@example.org", partner)
     assert second["status"] == "waitlisted"
@@ -333,14 +307,7 @@ def test_endorsement_deadline_reminders_and_endorsement_notices(
     silent = org(client, organiser, "SBMI", "sbmi@example.org")
     starts = datetime.now(UTC).replace(microsecond=0) + timedelta(days=2)
     cid = plan(client, organiser, host, "Asia/Jakarta", starts)
-    assert (
-        client.post(
-            f"/v1/consultations/{cid}/open-registration",
-            json={"closes_at": (starts - timedelta(hours=1)).isoformat()},
-            headers=organiser,
-        ).status_code
-        == 200
-    )
+    open_registration(client, organiser, cid, starts - timedelta(hours=1))
     register(client, organiser, cid, "Anis", "anis@example.org", signer)
     register(client, organiser, cid, "Bobi", "bobi@example.org", silent)
     st = client.post(
@@ -398,14 +365,7 @@ def test_two_schedulers_and_two_senders_send_each_message_once(
     host = org(client, organiser, "HRWG", "hrwg@example.org")
     starts = datetime.now(UTC).replace(microsecond=0, second=0) + timedelta(days=9)
     cid = plan(client, organiser, host, "Asia/Jakarta", starts)
-    assert (
-        client.post(
-            f"/v1/consultations/{cid}/open-registration",
-            json={"closes_at": (starts - timedelta(days=1)).isoformat()},
-            headers=organiser,
-        ).status_code
-        == 200
-    )
+    open_registration(client, organiser, cid, starts - timedelta(days=1))
     for i in range(5):
         register(client, organiser, cid, f"Participant {i}", f"p{i}@example.org")
     a = Reminders(system, mail=Smtp(smtp.url, 10))
@@ -431,14 +391,7 @@ def test_a_failed_send_backs_off_and_a_dead_claim_is_taken_over(
     host = org(client, organiser, "HRWG", "hrwg@example.org")
     starts = datetime.now(UTC) + timedelta(days=9)
     cid = plan(client, organiser, host, "Asia/Jakarta", starts)
-    assert (
-        client.post(
-            f"/v1/consultations/{cid}/open-registration",
-            json={"closes_at": (starts - timedelta(days=1)).isoformat()},
-            headers=organiser,
-        ).status_code
-        == 200
-    )
+    open_registration(client, organiser, cid, starts - timedelta(days=1))
     register(client, organiser, cid, "Participant", "p@example.org")
     down = Reminders(system, mail=Smtp("smtp://127.0.0.1:9", 2))  # nothing listens there
     now = datetime.now(UTC)
@@ -471,14 +424,7 @@ def test_the_embedded_maildir_gets_each_message_once(
     host = org(client, organiser, "HRWG", "hrwg@example.org")
     starts = datetime.now(UTC) + timedelta(days=9)
     cid = plan(client, organiser, host, "Asia/Jakarta", starts)
-    assert (
-        client.post(
-            f"/v1/consultations/{cid}/open-registration",
-            json={"closes_at": (starts - timedelta(days=1)).isoformat()},
-            headers=organiser,
-        ).status_code
-        == 200
-    )
+    open_registration(client, organiser, cid, starts - timedelta(days=1))
     register(client, organiser, cid, "Trần Văn Ánh", "anh@example.org")
     reminders = Reminders(system)  # no SMTP_URL: the Maildir under the data dir
     assert isinstance(reminders.mail, Maildir)

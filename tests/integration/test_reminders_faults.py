@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -27,10 +26,10 @@ from infra.schema import mail_outbox
 from services.reminders.events import message_stream
 from tests import backends
 from tests.e2e.conftest import Keys
-from tests.integration.test_reminders import org, plan, register
-from tests.mailserver import MailServer, free_port
+from tests.integration.test_reminders import open_registration, org, plan, register
+from tests.mailserver import MailServer
+from tests.processes import free_port, spawn
 
-ROOT = Path(__file__).resolve().parents[2]
 REDIS_SERVER = shutil.which("redis-server")
 _REDIS = backends.redis()
 
@@ -88,18 +87,6 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.stop()
 
 
-def spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "infra.cli", *command],
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: kill -9 takes the pool child too
-        )
-
-
 def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
     try:
         os.killpg(process.pid, sig)
@@ -143,12 +130,7 @@ def test_workers_and_two_schedulers_send_every_message_once_through_faults(
                 host = org(client, organiser, "HRWG", "hrwg@example.org")
                 starts = datetime.now(UTC).replace(microsecond=0) + timedelta(days=20)
                 cid = plan(client, organiser, host, "Asia/Jakarta", starts)
-                opened = client.post(
-                    f"/v1/consultations/{cid}/open-registration",
-                    json={"closes_at": (starts - timedelta(days=5)).isoformat()},
-                    headers=organiser,
-                )
-                assert opened.status_code == 200, opened.text
+                open_registration(client, organiser, cid, starts - timedelta(days=5))
                 for i in range(4):
                     register(client, organiser, cid, f"Người {i}", f"p{i}@example.org")
 
@@ -236,12 +218,7 @@ def test_a_pool_process_killed_mid_send_is_redelivered_at_once(
                 host = org(client, organiser, "HRWG", "hrwg@example.org")
                 starts = datetime.now(UTC).replace(microsecond=0) + timedelta(days=20)
                 cid = plan(client, organiser, host, "Asia/Jakarta", starts)
-                opened = client.post(
-                    f"/v1/consultations/{cid}/open-registration",
-                    json={"closes_at": (starts - timedelta(days=5)).isoformat()},
-                    headers=organiser,
-                )
-                assert opened.status_code == 200, opened.text
+                open_registration(client, organiser, cid, starts - timedelta(days=5))
                 register(client, organiser, cid, "Đặng Thị Mai", "mai@example.org")
                 assert smtp.inbox.in_rcpt.wait(60), "the worker never started sending"
                 pool = _children(worker.pid)

@@ -23,7 +23,7 @@ from infra.webhooks.tables import webhook_attempts, webhook_deliveries
 from services.organisations.commands import RegisterOrganisation
 from services.organisations.model import ORGANISATION
 from tests import backends
-from tests.integration.test_compile_worker import start_worker
+from tests.processes import start_worker
 from tests.webhook_receiver import Received, Receiver
 
 _REDIS = backends.redis()
