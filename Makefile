@@ -8,15 +8,38 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 export UV_PYTHON_DOWNLOADS := never
+# The browser tests: Debian's Chromium (browsers cannot be downloaded by Playwright here) and
+# axe-core from npm, locked in tests/browser/package-lock.json.
+BROWSER  := tests/browser
+CHROMIUM := /usr/bin/chromium
+# Noto fonts, so that screenshots show Thai, Burmese and Khmer names as people's phones do.
+FONTS    := /usr/share/fonts/truetype/noto/NotoSansMyanmar-Regular.ttf
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# The HTTP load generator of `concord bench --suite e2e` (and its smoke test).
+WRK      := /usr/bin/wrk
 
 .PHONY: install run test lint migrate demo bench clean lock
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(CHROMIUM) $(FONTS) $(WRK) $(BROWSER)/node_modules/.installed
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 	$(BIN)/uv sync --locked --inexact --all-extras --quiet
+	@touch $@
+
+$(CHROMIUM) $(FONTS):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium fonts-noto-core
+
+$(WRK):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk
+
+$(BROWSER)/node_modules/.installed: $(BROWSER)/package.json $(BROWSER)/package-lock.json
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq npm; }
+	cd $(BROWSER) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 run: install
@@ -46,4 +69,4 @@ lock: install
 	$(BIN)/uv lock
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache $(BROWSER)/node_modules

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4, uuid5
 
 import structlog
 from fastapi import Request, Response
@@ -13,7 +14,7 @@ from api.deps import Principal
 from api.problems import Accepted, domain_status
 from infra.bootstrap import System
 from infra.metrics import count_command
-from services.bus import Outcome, PreconditionFailed
+from services.bus import Job, Outcome, PreconditionFailed
 from services.decider import Context, Decider
 from services.errors import ConcurrencyError, DomainError
 
@@ -39,30 +40,29 @@ async def run(
     """Decide and append; set ``ETag`` (stream version) and ``X-Event-Position``.
 
     The projections are brought up to the new position before answering, so the caller's
-    next read already shows its own change.
+    next read already shows its own change (those off the command path are caught up by
+    their readers instead: see ``Projector.inline``).
     """
 
+    state = request.scope.setdefault("state", {})
+    step = state.get("concord_steps", 0)  # the n-th command of this request
+    state["concord_steps"] = step + 1
+    metadata = replace(principal.metadata(request), step=step)
+
     def execute() -> tuple[Outcome, bool]:
-        outcome = system.bus.handle(
-            decider,
-            stream_id,
-            command,
-            metadata=principal.metadata(request),
-            if_match=if_match,
-            context=Context(
-                now=system.bus.clock.now(),
-                actor=principal.actor,
-                organisation_id=principal.organisation_id,
-            ),
+        context = Context(
+            now=system.bus.clock.now(),
+            actor=principal.actor,
+            organisation_id=principal.organisation_id,
         )
-        if outcome.changed:
-            # From here on the command has happened: nothing may turn it into an error that
-            # invites the client to send it again (see api/idempotency.py).
-            request.scope.setdefault("state", {})["concord_committed"] = True
+        job = Job(command, context, metadata, if_match)
+        outcome = system.lanes.handle(decider, stream_id, job)
         if outcome.position is None:
             return outcome, not outcome.changed
+        wanted = system.projector.inline_for(decider.stream_type)
         try:
-            system.projector.catch_up(until=outcome.position)
+            if wanted:
+                system.projector.catch_up(until=outcome.position, names=wanted)
         except Exception:  # the worker will catch the read side up; the command stands
             log.exception("inline projection failed after a committed command")
             return outcome, False
@@ -81,6 +81,22 @@ async def run(
         # something stale (or a 404) that a retry would then replay.
         raise Accepted(outcome)
     return outcome
+
+
+def new_id(request: Request) -> UUID:
+    """An id for something a request creates: random, but under an ``Idempotency-Key`` the
+    same on every retry of that request (so a retry finds what the first attempt made)."""
+    state = request.scope.setdefault("state", {})
+    idempotency = state.get("idempotency")
+    if idempotency is None:
+        return uuid4()
+    n = state.get("concord_ids", 0)
+    state["concord_ids"] = n + 1
+    return uuid5(IDS, f"{idempotency}:{n}")
+
+
+#: The namespace of ids derived from idempotency keys.
+IDS = UUID("5b0c3b8e-8f5e-4d0b-9d0e-6a1c0d7e7a51")
 
 
 def outcome_class(exc: Exception) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -13,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.problems import ProblemError
 from infra.bootstrap import System
-from infra.keys import ROLES, ApiKey
+from infra.keys import ROLES, ApiKey, ApiKeys
 from infra.projections.projector import ProjectionTimeout
 from services.ports import Metadata
 
@@ -21,7 +22,9 @@ from services.ports import Metadata
 MIN_POSITION_WAIT_S = 5.0
 
 
-def get_system(request: Request) -> System:
+async def get_system(request: Request) -> System:
+    """The app's wiring. ``async`` although it never waits: FastAPI runs a plain ``def``
+    dependency in the thread pool, a thread hop on every request for an attribute read."""
     system: System = request.app.state.system
     return system
 
@@ -71,10 +74,51 @@ class Principal:
             api_key_id=str(self.key.id) if self.key else None,
             causation_id=causation_id,
             correlation_id=request.scope.get("state", {}).get("request_id"),
+            idempotency_key=request.scope.get("state", {}).get("idempotency_key"),
         )
 
 
 _UNAUTHENTICATED = {"WWW-Authenticate": 'Bearer realm="concord"'}
+
+
+@dataclass(frozen=True)
+class Authentication:
+    """What the ``Authorization`` header of a request amounts to, worked out once per request
+    (by the rate limiter, before routing; see api/ratelimit.py)."""
+
+    #: ``anonymous`` (no header), ``active``, or why a key that was sent is refused:
+    #: ``bad-scheme`` (not ``Bearer <key>``), ``malformed`` (mistyped), ``unknown``, ``revoked``.
+    status: str = "anonymous"
+    #: The active key; None when anonymous or refused.
+    key: ApiKey | None = None
+    #: Why a key that was sent is refused (the 401's detail); None when it is fine or absent.
+    refusal: str | None = None
+    #: The prefix the presented key shows, for logs (never the secret).
+    prefix: str | None = None
+    #: A revoked key that was presented (its use is recorded against it).
+    revoked: ApiKey | None = None
+
+
+ANONYMOUS = Authentication()
+
+
+def authenticate(keys: ApiKeys, authorization: str | None) -> Authentication:
+    """Check ``Authorization: Bearer <key>`` (a database lookup unless the key is malformed)."""
+    if authorization is None:
+        return ANONYMOUS
+    scheme, _, secret = authorization.partition(" ")
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not secret:
+        return Authentication("bad-scheme", refusal="Use 'Authorization: Bearer <api key>'.")
+    found = keys.identify(secret)
+    if found.status == "active":
+        return Authentication("active", key=found.key, prefix=found.prefix)
+    if found.status == "malformed":
+        detail = "This is not a well-formed API key (mistyped or cut short?)."
+    else:
+        detail = "The API key is unknown or revoked."
+    revoked = found.key if found.status == "revoked" else None
+    return Authentication(found.status, refusal=detail, prefix=found.prefix, revoked=revoked)
 
 
 async def current_principal(
@@ -83,28 +127,17 @@ async def current_principal(
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:
     """The caller's key from ``Authorization: Bearer …``; anonymous without the header."""
-    if authorization is None:
+    auth: Authentication | None = request.scope.get("state", {}).get("auth")
+    if auth is None:  # a route the rate limiter does not see (/metrics)
+        auth = await run_in_threadpool(authenticate, system.keys, authorization)
+    if auth.refusal is not None:
+        raise ProblemError(
+            401, "Unauthorized", auth.refusal, type_="unauthenticated", headers=_UNAUTHENTICATED
+        )
+    if auth.key is None:
         return Principal()
-    scheme, _, secret = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
-        raise ProblemError(
-            401,
-            "Unauthorized",
-            "Use 'Authorization: Bearer <api key>'.",
-            type_="unauthenticated",
-            headers=_UNAUTHENTICATED,
-        )
-    key = await run_in_threadpool(system.keys.authenticate, secret.strip())
-    if key is None:
-        raise ProblemError(
-            401,
-            "Unauthorized",
-            "The API key is unknown or revoked.",
-            type_="unauthenticated",
-            headers=_UNAUTHENTICATED,
-        )
-    structlog.contextvars.bind_contextvars(api_key=key.prefix)
-    return Principal(key)
+    structlog.contextvars.bind_contextvars(api_key=auth.key.prefix)
+    return Principal(auth.key)
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
@@ -131,6 +164,8 @@ def require(*roles: str) -> Callable[[Principal], Awaitable[Principal]]:
             )
         return principal
 
+    # A route that depends on this check needs a key: its OpenAPI entry says so (api/openapi.py).
+    check.requires_key = True  # type: ignore[attr-defined]
     return check
 
 
@@ -152,24 +187,34 @@ EventReader = Annotated[Principal, Depends(require("admin", "organiser", "integr
 AnyKey = Annotated[Principal, Depends(require(*ROLES))]
 
 
-def if_match(
+#: What If-Match may hold: an entity tag this API issued (a stream version in quotes, RFC 9110
+#: §8.8.3; ``W/`` tolerated), or ``*``. Documented as the header's pattern, checked here (a 400).
+ETAG = re.compile(r'(W/)?"([0-9]{1,18})"')
+ETAG_PATTERN = r'^(\*|(W/)?"[0-9]{1,18}")$'
+
+
+async def if_match(  # async: no thread hop (see get_system)
     value: Annotated[
         str | None,
-        Header(alias="If-Match", description='Apply only if the resource is at this version: "3".'),
+        Header(
+            alias="If-Match",
+            description='Apply only if the resource is at this version: "3".',
+            json_schema_extra={"pattern": ETAG_PATTERN},
+        ),
     ] = None,
 ) -> int | None:
     """The version named by ``If-Match`` (an ETag we issued), or None."""
     if value is None or value.strip() == "*":
         return None
-    tag = value.strip().removeprefix("W/").strip('"')
-    if not tag.isdigit():
+    tag = ETAG.fullmatch(value.strip())
+    if tag is None:
         raise ProblemError(
             400,
             "Bad request",
             'If-Match must be an ETag issued by this API, e.g. "3".',
             type_="bad-if-match",
         )
-    return int(tag)
+    return int(tag.group(2))
 
 
 IfMatch = Annotated[int | None, Depends(if_match)]

@@ -1,21 +1,30 @@
-"""ASGI middleware applying ``Idempotency-Key`` to every POST (see infra/idempotency.py)."""
+"""ASGI middleware applying ``Idempotency-Key`` to every POST, and to a PATCH or DELETE that
+sends one (see infra/idempotency.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from datetime import timedelta
 from typing import Any
 
 import orjson
+import structlog
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.deps import authenticate
 from api.problems import PROBLEM, TYPE_BASE
 from infra.idempotency import IdempotencyStore
 
 #: Response headers replayed with a stored response.
 KEPT = ("content-type", "etag", "location", "x-event-position")
 MAX_KEY = 255
+#: Methods whose requests may carry a key: a withdrawal (DELETE) retried after a lost answer
+#: must get that answer again, not "there is nothing to withdraw".
+METHODS = ("POST", "PATCH", "DELETE")
+log = structlog.get_logger("concord.api")
 
 
 class Idempotency:
@@ -23,7 +32,7 @@ class Idempotency:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] not in METHODS:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
@@ -50,7 +59,7 @@ class Idempotency:
             return
         credentials = headers.get(b"authorization", b"anonymous")
         system = scope["app"].state.system
-        if credentials != b"anonymous" and not await run_in_threadpool(_valid, system, credentials):
+        if credentials != b"anonymous" and not await _valid(scope, system, credentials):
             # A revoked or unknown key must not get stored responses back: let the app
             # answer (401) without touching the key.
             await self.app(scope, _replay(body, receive), send)
@@ -65,7 +74,7 @@ class Idempotency:
             + b"\n"
             + body
         ).hexdigest()
-        store = IdempotencyStore(system.db)
+        store = IdempotencyStore(system.db, timedelta(seconds=system.settings.idempotency_lease_s))
         stored = await run_in_threadpool(store.claim, scope_id, key, request_hash)
         if stored is not None:
             if stored.request_hash != request_hash:
@@ -100,6 +109,11 @@ class Idempotency:
                 await send({"type": "http.response.body", "body": stored.body or b""})
             return
 
+        # What the route's commands carry in their metadata and derive new ids from, so a
+        # retry recognises what an attempt that died made (services/bus.py, api/commands.py).
+        state = scope.setdefault("state", {})
+        state["idempotency_key"] = key
+        state["idempotency"] = f"{scope_id}:{key}:{request_hash}"
         replay_receive = _replay(body, receive)
         status = 500
         kept: dict[str, str] = {}
@@ -116,18 +130,22 @@ class Idempotency:
                 chunks.append(message.get("body", b""))
             await send(message)
 
+        heartbeat = asyncio.create_task(_hold(store, scope_id, key))
         try:
             await self.app(scope, replay_receive, capture)
         except BaseException:
-            if not _committed(scope):
-                await run_in_threadpool(store.release, scope_id, key)
+            await _release(store, scope_id, key)
             raise
-        if status >= 500 and not _committed(scope):
-            # Our failure before anything happened: let the client retry with the same key.
-            await run_in_threadpool(store.release, scope_id, key)
+        finally:
+            heartbeat.cancel()
+        if status >= 500:
+            # Our failure: let the client retry with the same key. Whatever the request did
+            # before it failed (a command committed, a lost connection hiding a commit) is not
+            # done again: the retry's commands find their events (services/bus.py) and it
+            # finishes the rest.
+            await _release(store, scope_id, key)
         else:
-            # Once a command has committed, its answer is final, whatever it is: a retry must
-            # replay it, never run the command again.
+            # Any other answer is final, whatever it is: a retry replays it.
             stored_body = _redact(scope["path"], b"".join(chunks))
             await run_in_threadpool(store.complete, scope_id, key, status, kept, stored_body)
 
@@ -154,13 +172,30 @@ def _redact(path: str, body: bytes) -> bytes:
     return orjson.dumps(data)
 
 
-def _committed(scope: Scope) -> bool:
-    return bool(scope.get("state", {}).get("concord_committed"))
+async def _hold(store: IdempotencyStore, scope_id: str, key: str) -> None:
+    """Renew the claim while the request runs: a claim left to lapse is one whose process
+    died, and a retry may take it over (see infra/idempotency.py)."""
+    while True:
+        await asyncio.sleep(store.lease.total_seconds() / 3)
+        try:
+            await run_in_threadpool(store.renew, scope_id, key)
+        except Exception as exc:  # the request itself will meet the same trouble and say so
+            log.warning("idempotency claim not renewed", error=repr(exc))
 
 
-def _valid(system: Any, credentials: bytes) -> bool:
-    scheme, _, secret = credentials.decode("latin-1").partition(" ")
-    return scheme.lower() == "bearer" and system.keys.authenticate(secret.strip()) is not None
+async def _release(store: IdempotencyStore, scope_id: str, key: str) -> None:
+    try:
+        await run_in_threadpool(store.release, scope_id, key)
+    except Exception as exc:  # the database is away: the claim lapses after its lease instead
+        log.warning("idempotency claim not released", error=repr(exc))
+
+
+async def _valid(scope: Scope, system: Any, credentials: bytes) -> bool:
+    # The rate limiter (api/ratelimit.py) has looked the key up already.
+    auth = scope.get("state", {}).get("auth")
+    if auth is None:
+        auth = await run_in_threadpool(authenticate, system.keys, credentials.decode("latin-1"))
+    return auth.key is not None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

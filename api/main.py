@@ -7,18 +7,20 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from api import openapi, problems
+from api import openapi, pages, problems, ratelimit
 from api.deps import current_principal
 from api.idempotency import Idempotency
-from api.middleware import BodyLimit, RequestContext
+from api.middleware import BodyLimit, RequestContext, RetryReads
 from api.routers import (
     api_keys,
     consultations,
     event_types,
     events,
     health,
+    invitations,
     metrics,
     organisations,
+    people,
     reminders,
     series,
     statements,
@@ -57,9 +59,13 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
         if background:
             running.start_background()
         live.drain_on_signals()  # a stop signal ends live event streams, so shutdown is not held
+        guard = ratelimit.guard_of(app)
+        guard.start()  # key usage is written every few seconds
         try:
             yield
         finally:
+            guard.close()  # … and once more on the way out
+            app.state.rate_guard = None
             if own:
                 running.close()
 
@@ -82,9 +88,15 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
     checked = [Depends(current_principal)]
     for router in (events, organisations, consultations, reminders, series, statements, api_keys):
         app.include_router(router.router, dependencies=checked)
+    app.include_router(invitations.router, dependencies=checked)
+    app.include_router(people.router, dependencies=checked)
     app.include_router(subscriptions.router, dependencies=checked)
     app.include_router(event_types.router, dependencies=checked)
+    # Public HTML pages: no key needed, none read (a link's token is what a sign-on page needs).
+    pages.install(app)
     app.add_middleware(Idempotency)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ratelimit.Throttle)
+    app.add_middleware(RetryReads)
     app.add_middleware(RequestContext)
     return app

@@ -1,4 +1,4 @@
-"""ASGI middleware: correlation ids and a request body size limit."""
+"""ASGI middleware: correlation ids, a request body size limit, reads retried once."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import structlog
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.problems import PROBLEM, TYPE_BASE
+from api.problems import DATABASE_LOST as LOST
+from api.problems import PROBLEM, TYPE_BASE, database_unavailable
+
+log = structlog.get_logger("concord.api")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -42,7 +45,15 @@ class RequestContext:
 
 
 class BodyLimit:
-    """Refuse request bodies larger than ``max_bytes`` with 413, before they are parsed."""
+    """Refuse request bodies larger than ``max_bytes`` with 413, before they are parsed.
+
+    A ``Content-Length`` over the limit is refused before a byte is read. A chunked body (no
+    length) is counted as it arrives and refused once it passes the limit; the answer then says
+    ``Connection: close``, so the server stops reading instead of draining the rest for the
+    next request (an endless chunked body would otherwise be read forever). A length that lies
+    is the server's business: uvicorn hands the app exactly the bytes announced, and what
+    follows is parsed as a new request (a 400, and the connection is closed).
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -57,20 +68,28 @@ class BodyLimit:
             await self._refuse(scope, send)
             return
         received = 0
+        exceeded = False
 
         async def limited_receive() -> Message:
             # Raised as an HTTPException so FastAPI's body parsing passes it through untouched.
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    exceeded = True
                     raise HTTPException(
                         413, f"Request bodies are limited to {self.max_bytes} bytes."
                     )
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def closing_send(message: Message) -> None:
+            if exceeded and message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"connection"]
+                message["headers"] = [*headers, (b"connection", b"close")]
+            await send(message)
+
+        await self.app(scope, limited_receive, closing_send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         body = orjson.dumps(
@@ -94,3 +113,59 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class RetryReads:
+    """A read that lost its database connection runs once more before the client hears of it.
+
+    A database restart or ``pg_terminate_backend`` drops every pooled connection at once; the
+    first request to meet a dead one fails, and the pool then replaces them all (infra/db.py).
+    Reading twice changes nothing, so a GET is simply tried again; a write answers 503 and the
+    client retries it with its ``Idempotency-Key``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        held: list[Message] = []
+        started = False
+
+        async def first(message: Message) -> None:
+            nonlocal started
+            if held or (message["type"] == "http.response.start" and state.get(LOST)):
+                held.append(message)  # the 503 of a lost connection: not sent (yet)
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, first)
+        except Exception as exc:  # raised outside the app's handlers (authentication)
+            if started or not database_unavailable(exc):
+                raise
+            log.warning("read retried after a lost database connection", error=repr(exc))
+        else:
+            if not held:
+                return
+            log.warning("read retried after a lost database connection")
+        state.pop(LOST, None)
+        await self.app(scope, _no_body(receive), send)
+
+
+def _no_body(receive: Receive) -> Receive:
+    """A receive for a second run: the (empty) body once more, then the real channel."""
+    given = False
+
+    async def again() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return await receive()
+
+    return again

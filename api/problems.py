@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.bus import Outcome, PreconditionFailed
@@ -194,8 +195,25 @@ def install(app: FastAPI) -> None:
             extra["errors"] = [{"field": field, "in": where, "message": str(exc), "type": exc.code}]
         return problem(status, title, str(exc), type_=exc.code, instance=request.url.path, **extra)
 
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> Response:
+        return await _unexpected(request, exc)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
+        # Also reached by errors raised in middleware (authentication, idempotency claims).
+        if database_unavailable(exc):
+            log.warning("database unavailable", path=request.url.path, error=repr(exc))
+            request.scope.setdefault("state", {})[DATABASE_LOST] = True  # api/middleware.py
+            return problem(
+                503,
+                "Service unavailable",
+                "The database connection was lost. Retry shortly; with the same "
+                "Idempotency-Key a command takes effect once, however often it is sent.",
+                type_="database-unavailable",
+                instance=request.url.path,
+                headers={"Retry-After": "1"},
+            )
         log.exception("unhandled error", path=request.url.path)
         return problem(
             500,
@@ -204,6 +222,18 @@ def install(app: FastAPI) -> None:
             type_="internal",
             instance=request.url.path,
         )
+
+
+#: Marks a request answered 503 for a lost database connection (reads are retried once).
+DATABASE_LOST = "concord_database_unavailable"
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """A lost or refused database connection (killed, restarting, unreachable), or a
+    transaction the database gave up (deadlock, serialisation): worth a retry, not a bug."""
+    return isinstance(exc, OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
 
 
 #: Refusals that are about the input, not the state: 422 even though the domain decided them.

@@ -17,6 +17,8 @@ from infra.db import Database
 from infra.dispatch import Dispatcher, Send, celery_sender
 from infra.eventstore.store import SqlEventStore
 from infra.keys import ApiKeys
+from infra.lanes import Lanes
+from infra.personal import Keyring
 from infra.projections import all_projections
 from infra.projections.projector import Projector
 from infra.routes import ROUTES
@@ -40,6 +42,8 @@ class System:
     keys: ApiKeys
     bus: CommandBus
     dispatcher: Projector
+    #: Per-stream command batching and folded streams (infra/lanes.py).
+    lanes: Lanes
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -89,20 +93,30 @@ def bootstrap(settings: Settings | None = None) -> System:
     settings = settings or get_settings()
     db = Database(settings.database_url)
     events = registry()
-    store = SqlEventStore(db, events, sequence_timeout_s=settings.sequence_timeout_s)
-    projector = Projector(db, store, all_projections(store))
+    keyring = Keyring(db)
+    store = SqlEventStore(
+        db, events, sequence_timeout_s=settings.sequence_timeout_s, keyring=keyring
+    )
+    projector = Projector(db, store, all_projections(store, keyring))
     send = _lazy_sender(settings)
     # The worker's relays from the log: tasks for routed events, webhook delivery rows.
     dispatcher = Projector(db, store, [Dispatcher(send, ROUTES), WebhookRelay(send)])
+    bus = CommandBus(store, events, SystemClock())
+
+    def epoch() -> int:
+        with db.read() as conn:
+            return Keyring.epoch(conn)
+
     return System(
         settings=settings,
         db=db,
         registry=events,
         store=store,
         projector=projector,
-        keys=ApiKeys(db),
-        bus=CommandBus(store, events, SystemClock()),
+        keys=ApiKeys(db, cache_s=settings.key_cache_s),
+        bus=bus,
         dispatcher=dispatcher,
+        lanes=Lanes(bus, epoch),
     )
 
 

@@ -1,11 +1,13 @@
-"""``concord``: the one command-line front door (serve, migrate, projections, bench)."""
+"""``concord``: the one command-line front door (serve, migrate, projections, verify, bench)."""
 
 from __future__ import annotations
 
 import json
 import signal
 import sys
-from typing import Annotated
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -197,16 +199,43 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list() -> None:
-    """List keys (prefix, role, organisation, state) — never their secrets."""
+def keys_list(
+    days: Annotated[int, typer.Option(min=1, max=90, help="Usage counted over these days.")] = 1,
+) -> None:
+    """List keys — never their secrets — and how each was used.
+
+    Tab-separated: id, prefix, role, organisation, state, name, last used (UTC), last client
+    address, then over the last ``--days``: reads, writes, denied (401 once revoked, 403) and
+    rate-limited (429). Counts reach the database every few seconds (CONCORD_KEY_USAGE_FLUSH).
+    """
+    from infra import key_usage
     from infra.bootstrap import bootstrap
 
     system = bootstrap()
     try:
+        usage = key_usage.summary(system.db, key_usage.since_days(days))
         for k in system.keys.list():
             state = "revoked" if k.revoked_at else "active"
+            used = usage.get(k.id, key_usage.UsageTotals())
+            last = k.last_used_at.strftime("%Y-%m-%dT%H:%M:%SZ") if k.last_used_at else "never"
             typer.echo(
-                f"{k.id}\t{k.prefix}\t{k.role}\t{k.organisation_id or '-'}\t{state}\t{k.name}"
+                "\t".join(
+                    str(v)
+                    for v in (
+                        k.id,
+                        k.prefix,
+                        k.role,
+                        k.organisation_id or "-",
+                        state,
+                        k.name,
+                        last,
+                        used.last_client or "-",
+                        used.reads,
+                        used.writes,
+                        used.denied,
+                        used.rate_limited,
+                    )
+                )
             )
     finally:
         system.close()
@@ -224,7 +253,7 @@ def keys_revoke(
     system = bootstrap()
     try:
         try:
-            key = system.keys.revoke(UUID(key_id))
+            key = system.keys.revoke(UUID(key_id), revoked_by="cli")
         except ValueError:
             key = None
         if key is None:
@@ -233,6 +262,40 @@ def keys_revoke(
         err.print(f"revoked {key.prefix} ({key.name})")
     finally:
         system.close()
+
+
+@app.command()
+def verify(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check the whole log: every stream's hash chain, versions and the feed's positions.
+
+    Exits 0 when the log is intact, 1 with the first broken link otherwise.
+    """
+    from infra.db import Database
+    from infra.eventstore.verify import verify as check
+
+    settings = get_settings()
+    db = Database(settings.database_url, pool_size=2)
+    try:
+        with _progress() as progress:
+            task = progress.add_task("events checked", total=None)
+            report = check(db, lambda done: progress.update(task, completed=done))
+            progress.update(task, completed=report.events)
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(json.dumps(report.as_dict()))
+    elif report.broken is None:
+        err.print(
+            f"ok: {report.events} events in {report.streams} streams, chains intact, "
+            f"positions 1..{report.head} each once"
+            + (f" ({report.unnumbered} awaiting a position)" if report.unnumbered else "")
+        )
+    else:
+        err.print(f"BROKEN at {report.broken.describe()}")
+    if report.broken is not None:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -262,9 +325,26 @@ def bench(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print only the JSON object on stdout.")
     ] = False,
+    suite: Annotated[
+        str,
+        typer.Option(
+            help="store: the event store against plain SQL and the eventsourcing library; "
+            "e2e: the service end to end (HTTP with wrk, compile, fan-out, rebuild); all: both."
+        ),
+    ] = "store",
     events: Annotated[
         int, typer.Option(min=10, help="Events per write workload (the log holds 3 times that).")
     ] = 5000,
+    only: Annotated[
+        str,
+        typer.Option(help="e2e workload groups, comma-separated: http,compile,fanout,rebuild."),
+    ] = "http,compile,fanout,rebuild",
+    seconds: Annotated[float, typer.Option(min=1, help="Seconds of load per HTTP workload.")] = 10,
+    signatories: Annotated[int, typer.Option(min=1, help="Signatories to compile.")] = 10_000,
+    fanout_events: Annotated[int, typer.Option(min=1, help="Events to fan out.")] = 10_000,
+    rebuild_events: Annotated[
+        int, typer.Option(min=1, help="Events in the log of the rebuild.")
+    ] = 1_000_000,
     out: Annotated[str, typer.Option(help="Directory for the JSON and the chart.")] = "var/bench",
     database_url: Annotated[
         str | None,
@@ -274,24 +354,89 @@ def bench(
         ),
     ] = None,
 ) -> None:
-    """Measure the event store against plain SQL and the eventsourcing library.
+    """Measure the event store (--suite store) or the whole service (--suite e2e).
 
-    Five workloads (1 and 4 writers, batches of 100, a full read, a projection rebuild), each
-    beside plain SQL and the eventsourcing library in the same run. Writes
-    bench-<time>.json and a chart (.png) to --out; progress goes to stderr.
+    Every figure stands beside a baseline measured in the same run. Writes
+    bench-<time>.json and a chart (.png) to --out (e2e: bench-e2e-<time>.*); progress goes
+    to stderr.
     """
     from infra.bench import run_bench
     from infra.bench.run import BenchDependencyMissing
     from infra.settings import normalise_database_url
 
+    if suite not in ("store", "e2e", "all"):
+        raise typer.BadParameter("one of store, e2e, all", param_hint="--suite")
     url = normalise_database_url(database_url) if database_url else None
+    result: dict[str, Any] = {}
     try:
-        result = run_bench(events=events, out_dir=out, quiet=as_json, database_url=url)
+        if suite in ("store", "all"):
+            result = run_bench(events=events, out_dir=out, quiet=as_json, database_url=url)
     except BenchDependencyMissing as exc:
         err.print(str(exc))
         raise typer.Exit(2) from None
+    if suite in ("e2e", "all"):
+        groups = tuple(g.strip() for g in only.split(",") if g.strip())
+        result.update(
+            _bench_e2e(
+                url or get_settings().database_url,
+                Path(out),
+                quiet=as_json,
+                only=groups,
+                seconds=seconds,
+                signatories=signatories,
+                fanout_events=fanout_events,
+                rebuild_events=rebuild_events,
+            )
+        )
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
+
+
+def _bench_e2e(url: str, out: Path, *, quiet: bool, **options: Any) -> dict[str, Any]:
+    from rich.console import Console
+
+    from infra.bench.e2e import GROUPS, print_e2e_table, run_e2e, write_e2e_chart
+    from infra.bench.http import WrkMissing
+    from infra.bench.scratch import backend_of
+
+    unknown = set(options["only"]) - set(GROUPS)
+    if unknown:
+        raise typer.BadParameter(f"unknown: {', '.join(sorted(unknown))}", param_hint="--only")
+    out.mkdir(parents=True, exist_ok=True)
+    started = datetime.now(UTC)
+    with _progress() as progress:
+        tasks: dict[str, Any] = {}
+
+        def report(description: str, done: int, total: int) -> None:
+            if description not in tasks:
+                tasks[description] = progress.add_task(description, total=total)
+            progress.update(tasks[description], completed=done, total=total)
+
+        try:
+            workloads, notes = run_e2e(
+                url, out, report, redis_url=get_settings().redis_url, **options
+            )
+        except WrkMissing as exc:
+            err.print(str(exc))
+            raise typer.Exit(2) from None
+    title = f"concord bench e2e — {backend_of(url)}, {started.strftime('%Y-%m-%d %H:%M')} UTC"
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    json_path, chart_path = out / f"bench-e2e-{stamp}.json", out / f"bench-e2e-{stamp}.png"
+    result = {
+        "end_to_end": workloads,
+        "end_to_end_notes": notes,
+        "end_to_end_started_at": started.isoformat(),
+        "end_to_end_files": {"json": str(json_path), "chart": str(chart_path)},
+    }
+    write_e2e_chart(workloads, chart_path, title)
+    json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    if not quiet:
+        console = Console()
+        print_e2e_table(workloads, console, title)
+        for note in notes:
+            console.print(note, style="yellow")
+        console.print(f"JSON: {json_path}\nchart: {chart_path}", style="dim")
+    return result
 
 
 def _progress() -> Progress:

@@ -9,6 +9,7 @@ A worker killed halfway simply runs the task again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -19,13 +20,21 @@ from infra.documents.model import ERASED, Consultation, Recommendation, Section,
 from infra.documents.model import StatementDocument as Document
 from infra.documents.render import render
 from infra.documents.storage import store
+from services.bus import RETRIES, Job, Snapshot, empty_snapshot
 from services.consultations.model import CONSULTATION
+from services.decider import Context
 from services.messages import Personal
-from services.ports import Metadata
+from services.ports import Metadata, RecordedEvent
 from services.registry import EVENTS
 from services.statements.commands import PublishStatement, RecordCompilation
 from services.statements.errors import AlreadyPublished
-from services.statements.model import STATEMENT, Statement, active_endorsements, sections_in_order
+from services.statements.model import (
+    STATEMENT,
+    Command,
+    Statement,
+    active_endorsements,
+    sections_in_order,
+)
 
 log = structlog.get_logger("concord.compile")
 WORKER = Metadata(actor="worker: statements.compile")
@@ -37,9 +46,29 @@ def _plain(value: Personal[str] | None) -> str | None:
     return value.value if isinstance(value, Personal) else ERASED
 
 
-def build(system: System, statement_id: UUID, job_id: UUID) -> tuple[Statement, Document]:
-    """The statement as the log says it stood when publication was requested by ``job_id``."""
-    records = system.store.read_stream(statement_id)
+def build(
+    system: System,
+    statement_id: UUID,
+    job_id: UUID,
+    records: Sequence[RecordedEvent] | None = None,
+) -> tuple[Statement, Document]:
+    """The statement as the log says it stood when publication was requested by ``job_id``.
+
+    ``records``: the statement's stream, if the caller has read it already.
+    """
+    state, _, document = _build(system, statement_id, job_id, records)
+    return state, document
+
+
+def _build(
+    system: System,
+    statement_id: UUID,
+    job_id: UUID,
+    records: Sequence[RecordedEvent] | None = None,
+) -> tuple[Statement, Snapshot[Statement], Document]:
+    """(state at the request, the stream now, document): the stream read and decoded once."""
+    if records is None:
+        records = system.store.read_stream(statement_id)
     request = next(
         (
             r
@@ -51,7 +80,10 @@ def build(system: System, statement_id: UUID, job_id: UUID) -> tuple[Statement, 
     if request is None:
         raise LookupError(f"no publication job {job_id} for statement {statement_id}")
     upto = [r for r in records if r.version <= request.version]
-    state = STATEMENT.fold(EVENTS.decode(r) for r in upto)
+    registry = system.bus.registry
+    at_request = empty_snapshot(STATEMENT, statement_id).extend(STATEMENT, registry, upto)
+    now = at_request.extend(STATEMENT, registry, records[len(upto) :])
+    state = at_request.state
     finalised_at = max(r.recorded_at for r in upto if r.type == "statement.finalised")
     consultation_records = system.store.read_stream(state.consultation_id)  # type: ignore[arg-type]
     consultation = CONSULTATION.fold(EVENTS.decode(r) for r in consultation_records)
@@ -97,40 +129,49 @@ def build(system: System, statement_id: UUID, job_id: UUID) -> tuple[Statement, 
         public_url=system.settings.public_url,
         signatories=signatories,
     )
-    return state, document
+    return state, now, document
 
 
 def compile_statement(system: System, statement_id: UUID, job_id: UUID) -> dict[str, Any]:
     """Render, store and record; returns the files by kind (sha256)."""
-    current = system.bus.load(STATEMENT, statement_id)[0]
-    if current.published is not None:
+    # One read of the (possibly long) stream serves the published check, the document and
+    # the two commands that record and publish it (they start from its snapshot).
+    records = system.store.read_stream(statement_id)
+    try:
+        _, snapshot, document = _build(system, statement_id, job_id, records)
+    except LookupError:
+        snapshot = empty_snapshot(STATEMENT, statement_id).extend(
+            STATEMENT, system.bus.registry, records
+        )
+        if snapshot.state.published is None:
+            raise
+    if snapshot.state.published is not None:
         log.info("already published", statement_id=str(statement_id), job_id=str(job_id))
-        return dict(current.published.files)
-    _, document = build(system, statement_id, job_id)
+        return dict(snapshot.state.published.files)
     files = {
         kind: stored.sha256
         for kind, stored in store(system.settings.data_dir, render(document)).items()
     }
-    try:
-        system.bus.handle(
-            STATEMENT,
-            statement_id,
-            RecordCompilation(
-                statement_id, job_id, document.content_hash, files, document.compiled_at
-            ),
-            metadata=WORKER,
+    outcome = None
+    for command in (
+        RecordCompilation(statement_id, job_id, document.content_hash, files, document.compiled_at),
+        PublishStatement(statement_id, job_id),
+    ):
+        jobs: list[Job[Command]] = [Job(command, Context(now=system.bus.clock.now()), WORKER)]
+        [result], snapshot = system.bus.handle_batch(
+            STATEMENT, statement_id, jobs, snapshot, retries=RETRIES
         )
-        outcome = system.bus.handle(
-            STATEMENT, statement_id, PublishStatement(statement_id, job_id), metadata=WORKER
-        )
-    except AlreadyPublished:
-        # Another run of the same job (a redelivery, the sweep) finished first: its files
-        # are ours too, byte for byte.
-        done = system.bus.load(STATEMENT, statement_id)[0].published
-        if done is None or done.job_id != job_id:
-            raise
-        return dict(done.files)
-    if outcome.position is not None:
+        if isinstance(result, AlreadyPublished):
+            # Another run of the same job (a redelivery, the sweep) finished first: its
+            # files are ours too, byte for byte.
+            done = snapshot.state.published
+            if done is None or done.job_id != job_id:
+                raise result
+            return dict(done.files)
+        if isinstance(result, Exception):
+            raise result
+        outcome = result
+    if outcome is not None and outcome.position is not None:
         system.projector.catch_up(until=outcome.position)
     log.info("statement published", statement_id=str(statement_id), job_id=str(job_id), **files)
     return files

@@ -3,6 +3,12 @@
 Same key and same request → the stored response, nothing done twice. Same key, different
 request → refused. A duplicate arriving while the first is still running → refused as in
 progress. Keys are scoped to the caller's credentials and kept for at least a day.
+
+A request that failed on our side (5xx), or whose process died, keeps no answer: its retry runs
+it again, and each of its commands finds the events the earlier attempt committed (their
+metadata carries the key and the command's step, services/bus.py) instead of deciding again, and
+new things get the same ids (api/commands.py ``new_id``). So a command happens once, and a
+request cut halfway is finished by its retry.
 """
 
 from __future__ import annotations
@@ -18,8 +24,6 @@ from infra.db import Database
 from infra.schema import idempotency_keys
 
 RETENTION = timedelta(hours=24)
-#: A claim still "in progress" after this long belongs to a process that died: take it over.
-LEASE = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,15 @@ class Stored:
 
 
 class IdempotencyStore:
-    def __init__(self, db: Database) -> None:
+    """Claims are leased: one still "in progress" and not renewed for ``lease`` belongs to a
+    process that died (a running request renews its claim), and a retry takes it over. Taking
+    over a live one by mistake does no double harm either: the retry's commands find the events
+    the first attempt appended under the same key (services/bus.py) instead of deciding again.
+    """
+
+    def __init__(self, db: Database, lease: timedelta = timedelta(seconds=15)) -> None:
         self.db = db
+        self.lease = lease
 
     def claim(self, scope: str, key: str, request_hash: str) -> Stored | None:
         """Claim the key for this request; None if claimed now, else what is stored."""
@@ -48,7 +59,7 @@ class IdempotencyStore:
                     table.c.scope == scope,
                     table.c.key == key,
                     (table.c.created_at < now - RETENTION)
-                    | (table.c.status_code.is_(None) & (table.c.created_at < now - LEASE)),
+                    | (table.c.status_code.is_(None) & (table.c.created_at < now - self.lease)),
                 )
             )
             row = conn.execute(
@@ -81,6 +92,16 @@ class IdempotencyStore:
                 .values(
                     status_code=status, headers=headers, body=body, completed_at=datetime.now(UTC)
                 )
+            )
+
+    def renew(self, scope: str, key: str) -> None:
+        """Keep an unfinished claim from lapsing while its request still runs."""
+        table = idempotency_keys
+        with self.db.write() as conn:
+            conn.execute(
+                table.update()
+                .where(table.c.scope == scope, table.c.key == key, table.c.status_code.is_(None))
+                .values(created_at=datetime.now(UTC))
             )
 
     def release(self, scope: str, key: str) -> None:

@@ -1,18 +1,36 @@
-"""API keys: created once, shown once, stored as a hash, recognisable by their prefix.
+"""API keys: created once, shown once, stored as a hash, recognisable by their form.
 
-A key looks like ``concord_<prefix>_<secret>``: the 8-character prefix is stored in clear so a
-leaked key can be found and revoked; the whole key is stored only as its SHA-256 (keys are
-long random strings, so a fast hash is enough — there is nothing to brute-force).
+A key looks like ``concord_<prefix>_<secret><checksum>`` (66 characters, e.g.
+``concord_1f0c9a2b_4kP0yXq2…``):
+
+* ``<prefix>``: 8 lowercase hex digits, stored in clear, so a leaked key can be found
+  (``concord keys list``) and revoked;
+* ``<secret>``: 43 base62 characters (256 random bits);
+* ``<checksum>``: 6 base62 characters, the CRC32 of everything before it (GitHub's token
+  scheme): a secret scanner can tell a real key from a look-alike without asking us, and the
+  API refuses a mistyped key without a database lookup.
+
+As a regular expression: ``\bconcord_[0-9a-f]{8}_[0-9A-Za-z]{49}\b``. Keys made before the
+checksum (``concord_<prefix>_<43 characters of [A-Za-z0-9_-]>``) keep working.
+
+Only the SHA-256 of the whole key is stored (keys are long random strings, so a fast hash is
+enough — there is nothing to brute-force).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
+import threading
+import time
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 from uuid import UUID, uuid4
 
+import structlog
 from sqlalchemy import select
 
 from infra.db import Database
@@ -20,6 +38,50 @@ from infra.schema import api_keys
 
 ROLES = ("admin", "organiser", "organisation", "integrator")
 KEY_PREFIX = "concord"
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+SECRET_LENGTH = 43
+CHECKSUM_LENGTH = 6
+#: Keys with a checksum (what :meth:`ApiKeys.create` makes), for secret scanners too.
+KEY_PATTERN = re.compile(r"concord_([0-9a-f]{8})_([0-9A-Za-z]{43})([0-9A-Za-z]{6})")
+#: Keys made before the checksum existed.
+LEGACY_PATTERN = re.compile(r"concord_([0-9a-f]{8})_[A-Za-z0-9_-]{43}")
+
+audit = structlog.get_logger("concord.audit")
+
+
+def checksum(body: str) -> str:
+    """The CRC32 of ``body`` in 6 base62 characters."""
+    value = zlib.crc32(body.encode())
+    digits = []
+    for _ in range(CHECKSUM_LENGTH):
+        value, digit = divmod(value, 62)
+        digits.append(BASE62[digit])
+    return "".join(reversed(digits))
+
+
+def new_secret(prefix: str) -> str:
+    """A fresh key for ``prefix``: 256 random bits and the checksum."""
+    body = f"{KEY_PREFIX}_{prefix}_" + "".join(secrets.choice(BASE62) for _ in range(SECRET_LENGTH))
+    return body + checksum(body)
+
+
+KeyForm = Literal["checked", "legacy", "malformed"]
+
+
+def key_form(secret: str) -> tuple[KeyForm, str | None]:
+    """Whether ``secret`` can be a key, without a lookup, and its prefix if it has one.
+
+    ``checked``: the current form with a valid checksum; ``legacy``: the form before checksums;
+    ``malformed``: anything else, a mistyped key included (it has a prefix then)."""
+    if (match := KEY_PATTERN.fullmatch(secret)) is not None:
+        body = secret[:-CHECKSUM_LENGTH]
+        if checksum(body) == match.group(3):
+            return "checked", match.group(1)
+        return "malformed", match.group(1)
+    if (match := LEGACY_PATTERN.fullmatch(secret)) is not None:
+        return "legacy", match.group(1)
+    loose = re.match(r"concord_([0-9a-f]{8})_", secret)
+    return "malformed", loose.group(1) if loose else None
 
 
 class KeyError_(ValueError):
@@ -49,8 +111,13 @@ def digest(key: str) -> str:
 class ApiKeys:
     """Create, find and revoke API keys."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, cache_s: float = 0.0) -> None:
         self.db = db
+        #: How long an active key found once is trusted without a lookup (0: always look up).
+        #: A key revoked through another process stops working within this time.
+        self.cache_s = cache_s
+        self._active: dict[str, tuple[Identified, float]] = {}
+        self._lock = threading.Lock()
 
     def create(
         self,
@@ -69,7 +136,7 @@ class ApiKeys:
         if not name.strip():
             raise KeyError_("a key needs a name")
         prefix = secrets.token_hex(4)
-        secret = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
+        secret = new_secret(prefix)
         key = ApiKey(uuid4(), name.strip(), role, organisation_id, prefix, datetime.now(UTC))
         with self.db.write() as conn:
             conn.execute(
@@ -84,19 +151,46 @@ class ApiKeys:
                     created_by=created_by,
                 )
             )
+        audit.info(
+            "api key created",
+            key_id=str(key.id),
+            api_key=prefix,
+            role=role,
+            organisation_id=str(organisation_id) if organisation_id else None,
+            name=key.name,
+            by=created_by,
+        )
         return key, secret
+
+    def identify(self, secret: str) -> Identified:
+        """Which key this is (revoked ones too), or why it is none; a malformed or mistyped
+        key is refused without a lookup."""
+        form, prefix = key_form(secret)
+        if form == "malformed":
+            return Identified(None, "malformed", prefix)
+        hashed = digest(secret)
+        if self.cache_s > 0:
+            with self._lock:
+                hit = self._active.get(hashed)
+            if hit is not None and time.monotonic() < hit[1]:
+                return hit[0]
+        with self.db.read() as conn:
+            row = conn.execute(select(api_keys).where(api_keys.c.key_hash == hashed)).first()
+        if row is None:
+            return Identified(None, "unknown", prefix)
+        key = _key(row)
+        found = Identified(key, "revoked" if key.revoked_at else "active", prefix)
+        if self.cache_s > 0 and found.status == "active":
+            with self._lock:
+                if len(self._active) > 10_000:
+                    self._active.clear()
+                self._active[hashed] = (found, time.monotonic() + self.cache_s)
+        return found
 
     def authenticate(self, secret: str) -> ApiKey | None:
         """The active key with this secret, or None."""
-        if not secret.startswith(KEY_PREFIX + "_") or len(secret) > 200:
-            return None
-        with self.db.read() as conn:
-            row = conn.execute(
-                select(api_keys).where(api_keys.c.key_hash == digest(secret))
-            ).first()
-        if row is None or row.revoked_at is not None:
-            return None
-        return _key(row)
+        found = self.identify(secret)
+        return found.key if found.status == "active" else None
 
     def get(self, key_id: UUID) -> ApiKey | None:
         with self.db.read() as conn:
@@ -108,15 +202,32 @@ class ApiKeys:
             rows = conn.execute(select(api_keys).order_by(api_keys.c.created_at)).all()
         return [_key(r) for r in rows]
 
-    def revoke(self, key_id: UUID) -> ApiKey | None:
+    def revoke(self, key_id: UUID, revoked_by: str | None = None) -> ApiKey | None:
         """Revoke a key (idempotent); None if there is no such key."""
         with self.db.write() as conn:
-            conn.execute(
+            changed = conn.execute(
                 api_keys.update()
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=datetime.now(UTC))
-            )
-        return self.get(key_id)
+            ).rowcount
+        with self._lock:  # this process stops trusting it at once
+            self._active = {
+                h: v for h, v in self._active.items() if v[0].key is None or v[0].key.id != key_id
+            }
+        key = self.get(key_id)
+        if key is not None and changed:
+            audit.info("api key revoked", key_id=str(key.id), api_key=key.prefix, by=revoked_by)
+        return key
+
+
+@dataclass(frozen=True)
+class Identified:
+    """What a presented key turned out to be. ``key`` is set for active and revoked keys."""
+
+    key: ApiKey | None
+    status: Literal["active", "revoked", "unknown", "malformed"]
+    #: The prefix the presented key shows (for logs), if it has one.
+    prefix: str | None
 
 
 def _key(row: object) -> ApiKey:

@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+
+#: An invitation link's token in a path (``/s/<statement>/sign/<token>``): whoever reads the
+#: logs must not be able to sign with it, so every line shows it redacted.
+_LINK_TOKEN = re.compile(r"(/sign/)[A-Za-z0-9_-]{16,}")
+
+
+def redact_link_tokens(
+    _: object, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A processor: invitation link tokens in any string value become ``[redacted]``."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and "/sign/" in value:
+            event_dict[key] = _LINK_TOKEN.sub(r"\1[redacted]", value)
+    return event_dict
 
 
 def configure(fmt: str = "json", level: str = "INFO") -> None:
@@ -14,6 +31,7 @@ def configure(fmt: str = "json", level: str = "INFO") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_link_tokens,  # also over uvicorn's access lines (formatted before this runs)
     ]
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()

@@ -3,11 +3,13 @@
 Two kinds of numbers, kept apart on purpose:
 
 * **Counted in process** — commands handled (:func:`count_command`, called by the API for
-  every command). With several API processes each one counts only its own, so when
-  ``PROMETHEUS_MULTIPROC_DIR`` is set prometheus_client's multiprocess mode writes every
-  process's counts to files in that directory and a scrape of any process sums them. The
-  variable must be set before the processes start (prometheus_client reads it on import) and
-  the directory emptied when the deployment starts (``concord serve`` does it).
+  every command), requests refused by a rate limit and rate-limit decisions taken without
+  Redis (:func:`count_rate_limited`, :func:`count_rate_limit_fallback`). With several API
+  processes each one counts only its own, so when ``PROMETHEUS_MULTIPROC_DIR`` is set
+  prometheus_client's multiprocess mode writes every process's counts to files in that
+  directory and a scrape of any process sums them. The variable must be set before the
+  processes start (prometheus_client reads it on import) and the directory emptied when the
+  deployment starts (``concord serve`` does it).
 * **Read at scrape time** — everything that already lives in the database or the broker
   (events appended, projection lag, queue depth, mail delivery): a handful of indexed queries
   per scrape, so every process reports the same, correct numbers without counting anything.
@@ -78,6 +80,38 @@ def count_command(command: str, outcome: str) -> None:
         COMMANDS.labels(command=command, outcome=outcome).inc()
     except OSError as exc:  # multiprocess mode with an unusable directory
         log.warning("command not counted", command=command, error=repr(exc))
+
+
+#: Requests refused with 429, by policy (``read``, ``write``, ``anonymous``, or a route's own).
+RATE_LIMITED = Counter(
+    "concord_rate_limited",
+    "Requests refused because a rate limit was reached, by policy.",
+    ["policy"],
+    registry=None,
+)
+
+#: Rate-limit decisions taken in one process because the shared store (Redis) was unreachable.
+RATE_LIMIT_FALLBACKS = Counter(
+    "concord_rate_limit_fallbacks",
+    "Rate-limit decisions taken in this process because Redis could not be reached.",
+    registry=None,
+)
+
+
+def count_rate_limited(policy: str) -> None:
+    """Count one request refused with 429."""
+    try:
+        RATE_LIMITED.labels(policy=policy).inc()
+    except OSError as exc:
+        log.warning("refusal not counted", policy=policy, error=repr(exc))
+
+
+def count_rate_limit_fallback() -> None:
+    """Count one rate-limit decision taken without Redis."""
+    try:
+        RATE_LIMIT_FALLBACKS.inc()
+    except OSError as exc:
+        log.warning("fallback not counted", error=repr(exc))
 
 
 def prepare_multiprocess_dir(path: Path) -> None:
@@ -385,7 +419,8 @@ def registry(db: Database, settings: Settings, projections: Sequence[str]) -> Co
         multiproc_dir.mkdir(parents=True, exist_ok=True)
         MultiProcessCollector(reg, path=os.fspath(multiproc_dir))  # type: ignore[no-untyped-call]
     else:
-        reg.register(COMMANDS)
+        for counter in (COMMANDS, RATE_LIMITED, RATE_LIMIT_FALLBACKS):
+            reg.register(counter)
     reg.register(SystemCollector(db, settings, projections))
     return reg
 

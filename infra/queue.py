@@ -52,6 +52,12 @@ def make_app(settings: Settings | None = None, include: Sequence[str] = ()) -> C
             # Webhook deliveries that are due (retries, stranded claims); the relay nudges
             # new ones at once, this scan is what makes every retry happen.
             "webhooks.scan": {"task": "webhooks.scan", "schedule": 5.0},
+            # Invitation links whose time is up are recorded as expired (a link past its
+            # time shows as expired at once; the sweep puts the fact in the log).
+            "invitations.expire": {"task": "invitations.expire", "schedule": 60.0},
+            # Stored answers to Idempotency-Keys are kept 24 h for retries, then deleted
+            # (they may hold personal data of people erased since).
+            "idempotency.purge": {"task": "idempotency.purge", "schedule": 3600.0},
         },
     )
     if settings.redis_url:

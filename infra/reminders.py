@@ -42,21 +42,31 @@ from infra.projections.consultations import consultations, registrations
 from infra.projections.organisations import organisations
 from infra.projections.reminders import reminder_statements, reminders
 from infra.schema import mail_outbox, reminder_fanouts
+from infra.tokens import SecretKeyMissing, link_token, secret_key
+from infra.webhooks.tables import webhook_subscriptions
 from services.errors import ConcurrencyError
+from services.invitations.model import INVITATION, is_live
 from services.ports import NO_STREAM, Metadata
 from services.reminders.events import ReminderSent, message_stream
 from services.reminders.rules import (
     ANCHORS,
     INCOMPLETE_SIGNUPS,
+    INVITEE,
     NON_ENDORSERS,
     ORGANISATIONS,
     PARTICIPANTS,
     REGISTRATION,
     RULES,
+    SUBSCRIPTION_OWNER,
     message_id,
     message_key,
 )
-from services.statements.model import STATEMENT, Statement, active_endorsements
+from services.statements.model import (
+    STATEMENT,
+    Statement,
+    active_endorsements,
+    endorsement_open_at,
+)
 
 log = structlog.get_logger("concord.reminders")
 
@@ -65,6 +75,8 @@ TICK_LIMIT = 1000
 ACTIVE = ("registered", "waitlisted")
 REGISTRATION_KIND = "registration"
 ORGANISATION_KIND = "organisation"
+SUBSCRIPTION_KIND = "subscription"
+INVITATION_KIND = "invitation"
 
 
 @dataclass(frozen=True)
@@ -169,12 +181,18 @@ class Reminders:
             return [(ORGANISATION_KIND, i) for i in self._incomplete(conn, reminder)]
         if kind == NON_ENDORSERS:
             return [(ORGANISATION_KIND, i) for i in self._non_endorsers(conn, reminder)]
+        if kind == SUBSCRIPTION_OWNER:
+            return [(SUBSCRIPTION_KIND, UUID(audience["subscription_id"]))]
+        if kind == INVITEE:
+            return [(INVITATION_KIND, UUID(audience["invitation_id"]))]
         raise ValueError(f"unknown audience {kind!r}")
 
     def _moot(self, conn: Connection, reminder: Any, now: datetime) -> bool:
         """A notice about something already over: a sign-up for a consultation that has
         ended, an endorsement after endorsing closed (e.g. history loaded by ``concord demo``
         or a migration, whose events are recorded today)."""
+        if reminder.consultation_id is None:
+            return False  # not about a consultation: only its age counts
         if reminder.statement_id is not None:
             if reminder.rule != "endorsement_recorded":
                 return False
@@ -294,16 +312,15 @@ class Reminders:
                 select(reminders).where(reminders.c.key == row.reminder_key)
             ).first()
             if reminder is None:
-                self._finish(key, "dropped", now, error="the reminder no longer applies")
-                return SendResult(key, "dropped")
+                return self._give_up(row, "dropped", now, "the reminder no longer applies")
             if reminder.deadline is not None and now >= reminder.deadline:
-                self._finish(key, "dropped", now, error="its deadline passed before it was sent")
-                return SendResult(key, "dropped")
+                return self._give_up(row, "dropped", now, "its deadline passed before it was sent")
             try:
                 context, address, calendar = self._context(conn, reminder, row, now)
             except _Skip as skip:
-                self._finish(key, "skipped", now, error=str(skip))
-                return SendResult(key, "skipped", str(skip))
+                return self._give_up(row, "skipped", now, str(skip))
+            except SecretKeyMissing as exc:  # a worker set up without the API's secret
+                return self._failed(row, now, exc)
         try:
             rendered = render(row.rule, context)
             message = compose(
@@ -322,6 +339,20 @@ class Reminders:
         self._finish(key, "sent", now, position=position)
         log.info("message sent", key=key, rule=row.rule, transport=self.mail.name)
         return SendResult(key, "sent")
+
+    def _give_up(self, row: Any, status: str, now: datetime, reason: str) -> SendResult:
+        """Settle a message that is no longer wanted, saying so if it may have gone out already.
+
+        Every claim counts an attempt and every failed send counts a failure, so more attempts
+        than failures plus this one means an earlier attempt ended without an outcome: its
+        worker died, possibly after the mail server had accepted the message and before the
+        send was recorded. That message cannot be called back; the row says it may exist.
+        """
+        if row.attempts - 1 > row.failures:
+            reason += "; an earlier attempt was cut off and may have reached the mail server"
+            log.warning("message given up after a cut-off attempt", key=row.key, reason=reason)
+        self._finish(row.key, status, now, error=reason)
+        return SendResult(row.key, status, reason)
 
     def _claim(self, key: str, now: datetime, task_id: str | None = None) -> Any:
         lease = now + timedelta(seconds=self.settings.mail_lease_s)
@@ -428,6 +459,10 @@ class Reminders:
     def _context(
         self, conn: Connection, reminder: Any, row: Any, now: datetime
     ) -> tuple[dict[str, Any], str, bytes | None]:
+        if row.recipient_kind == SUBSCRIPTION_KIND:
+            return self._subscription_context(conn, reminder, row)
+        if row.recipient_kind == INVITATION_KIND:
+            return self._invitation_context(conn, reminder, row, now)
         detail = self._detail(conn, reminder.consultation_id)
         if detail is None:
             raise _Skip("the consultation is unknown to the read side")
@@ -436,18 +471,7 @@ class Reminders:
         context: dict[str, Any] = {
             "language": "en",
             "link": f"{public}/v1/consultations/{detail['id']}",
-            "consultation": {
-                "title": detail["title"],
-                "timezone": detail["timezone"],
-                "starts_local": _local(detail["starts_at"], zone),
-                "when": f"{_local(detail['starts_at'], zone)} to {_local(detail['ends_at'], zone)}"
-                f" ({detail['timezone']})",
-                "where": ", ".join(
-                    p
-                    for p in (detail.get("venue"), detail.get("city"), detail["host_country"])
-                    if p
-                ),
-            },
+            "consultation": _consultation(detail, zone),
             "counts": detail["counts"],
             "relative": _relative(reminder.deadline, now, zone),
             "reason": reminder.audience.get("reason"),
@@ -464,6 +488,8 @@ class Reminders:
                 raise _Skip("the registration is unknown to the read side")
             if person.status not in ACTIVE and row.rule not in ("consultation_cancelled",):
                 raise _Skip("the registration was cancelled")
+            if person.email is None:
+                raise _Skip("the person was erased")
             context["recipient"] = {"name": person.name}
             context["registration"] = {
                 "status": person.status,
@@ -503,6 +529,99 @@ class Reminders:
         calendar = ics(detail, public) if rule.attach_calendar else None
         return context, address, calendar
 
+    def _invitation_context(
+        self, conn: Connection, reminder: Any, row: Any, now: datetime
+    ) -> tuple[dict[str, Any], str, None]:
+        """An invitation to endorse, with its link: the token is derived here, from the
+        secret and the link's generation, and exists nowhere else."""
+        invitation, _, _ = self.system.bus.load(INVITATION, row.recipient_id)
+        generation = reminder.audience["generation"]
+        if not invitation.exists:
+            raise _Skip("the invitation is unknown")
+        if invitation.generation != generation:
+            raise _Skip("a newer link was sent since; this one no longer works")
+        if not is_live(invitation, now):
+            raise _Skip(f"the invitation is {invitation.status} (or its link expired)")
+        email = invitation.email
+        if email is None or email.value is None:
+            raise _Skip("the address was erased")
+        assert invitation.statement_id is not None
+        assert invitation.consultation_id is not None
+        state = self._statement(invitation.statement_id)
+        if not endorsement_open_at(state, now):
+            raise _Skip("the statement is not open for endorsement any more")
+        detail = self._detail(conn, invitation.consultation_id)
+        if detail is None:
+            raise _Skip("the consultation is unknown to the read side")
+        zone = ZoneInfo(detail["timezone"])
+        names = dict(
+            conn.execute(
+                select(organisations.c.organisation_id, organisations.c.name).where(
+                    organisations.c.organisation_id.in_(
+                        [invitation.organisation_id, UUID(detail["organiser_id"])]
+                    )
+                )
+            ).all()
+        )
+        invited = names.get(invitation.organisation_id)
+        if invited is None:
+            raise _Skip("the organisation is unknown to the read side")
+        token = link_token(secret_key(self.settings), row.recipient_id, generation)
+        public = self.settings.public_url
+        assert invitation.expires_at is not None
+        context: dict[str, Any] = {
+            "language": "en",
+            "link": f"{public}/s/{state.statement_id}/sign/{token}",
+            "public_page": f"{public}/s/{state.statement_id}",
+            "recipient": {"name": invited},
+            "organisation": {"name": invited},
+            "organiser": names.get(UUID(detail["organiser_id"])) or "the organisers",
+            "consultation": _consultation(detail, zone),
+            "statement": {
+                "title": state.title,
+                "content_hash": state.content_hash,
+                "deadline_local": _local(state.endorsement_deadline, zone),
+            },
+            "expires_local": _local(invitation.expires_at, zone),
+            "timezone": detail["timezone"],
+            "resent": row.rule == "invitation_resent",
+        }
+        return context, email.value, None
+
+    def _subscription_context(
+        self, conn: Connection, reminder: Any, row: Any
+    ) -> tuple[dict[str, Any], str, None]:
+        """A disabled endpoint, told to the contact the subscription names."""
+        sub = conn.execute(
+            select(webhook_subscriptions).where(webhook_subscriptions.c.id == row.recipient_id)
+        ).first()
+        if sub is None:
+            raise _Skip("the subscription was deleted")
+        if sub.status != "disabled":
+            raise _Skip("the subscription was resumed before the notice went out")
+        address = sub.contact_email
+        if not address:
+            raise _Skip("the subscription names no contact address")
+        failing_since = sub.failing_since
+        context: dict[str, Any] = {
+            "language": "en",
+            "link": f"{self.settings.public_url}/v1/subscriptions/{sub.id}/deliveries",
+            "recipient": {"name": "webhook contact"},
+            "consultation": None,
+            "reason": reminder.audience.get("reason"),
+            "subscription": {
+                "id": str(sub.id),
+                "url": sub.url,
+                "host": urlsplit(sub.url).hostname or sub.url,
+                "description": sub.description,
+                "failing_since": failing_since.astimezone(UTC).strftime("%-d %B %Y, %H:%M UTC")
+                if failing_since
+                else "",
+                "status_code": reminder.audience.get("status_code"),
+            },
+        }
+        return context, address, None
+
     def _detail(self, conn: Connection, consultation_id: UUID) -> dict[str, Any] | None:
         detail = conn.execute(
             select(consultations.c.detail).where(consultations.c.consultation_id == consultation_id)
@@ -516,6 +635,20 @@ class Reminders:
 
 class _Skip(Exception):
     """This message cannot or need not be sent (no address, registration cancelled...)."""
+
+
+def _consultation(detail: dict[str, Any], zone: ZoneInfo) -> dict[str, Any]:
+    """What a message says about a consultation: title, local dates, place."""
+    return {
+        "title": detail["title"],
+        "timezone": detail["timezone"],
+        "starts_local": _local(detail["starts_at"], zone),
+        "when": f"{_local(detail['starts_at'], zone)} to {_local(detail['ends_at'], zone)}"
+        f" ({detail['timezone']})",
+        "where": ", ".join(
+            p for p in (detail.get("venue"), detail.get("city"), detail["host_country"]) if p
+        ),
+    }
 
 
 def _local(value: str | datetime | None, zone: ZoneInfo) -> str:
@@ -543,6 +676,7 @@ def _relative(deadline: datetime | None, now: datetime, zone: ZoneInfo) -> str:
 
 def schedule(system: System, consultation_id: UUID) -> list[dict[str, Any]]:
     """Every reminder of a consultation with what became of its messages."""
+    system.projector.catch_up(names=["reminders"])  # off the command path: catch up here
     with system.db.read() as conn:
         rows = conn.execute(
             select(reminders, reminder_fanouts.c.recipients, reminder_fanouts.c.done_at)

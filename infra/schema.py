@@ -75,6 +75,10 @@ events = Table(
     Column("data", Json, nullable=False),
     Column("metadata", Json, nullable=False),
     Column("recorded_at", UtcDateTime(), nullable=False),
+    #: SHA-256 of the event's canonical content (as stored: personal data sealed), hex.
+    Column("content_hash", String(64), nullable=False),
+    #: SHA-256 of the previous event's chain hash (zeros for the first) + this content hash.
+    Column("chain_hash", String(64), nullable=False),
     Index("uq_events_stream_id_version", "stream_id", "version", unique=True),
     Index(
         "uq_events_position",
@@ -93,6 +97,27 @@ projection_checkpoints = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
 )
 
+#: One key per person for their data in the log (see :mod:`infra.personal`); deleting the row
+#: erases the person. Never copied into events, and kept out of log backups by design.
+person_keys = Table(
+    "person_keys",
+    metadata,
+    Column("person_id", Uuid, primary_key=True),
+    #: Names the key inside each ciphertext, so data sealed under an older key reads as erased.
+    Column("kid", String(16), nullable=False),
+    Column("key", LargeBinary(32), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+#: One row counting erasures (keys deleted), bumped in the deleting transaction: caches of
+#: folded streams drop what they hold when it moves (infra/lanes.py).
+keyring_epoch = Table(
+    "keyring_epoch",
+    metadata,
+    Column("id", SmallInteger, primary_key=True),
+    Column("epoch", BigInteger, nullable=False),
+)
+
 #: API keys: only a hash of each key is stored; the prefix makes a leaked key recognisable.
 api_keys = Table(
     "api_keys",
@@ -108,6 +133,23 @@ api_keys = Table(
     Column("revoked_at", UtcDateTime(), nullable=True),
     Column("last_used_at", UtcDateTime(), nullable=True),
     Index("uq_api_keys_key_hash", "key_hash", unique=True),
+)
+
+#: How each API key is used, per hour (UTC): counted in each API process and added here every
+#: few seconds (infra/key_usage.py), never written per request.
+api_key_usage = Table(
+    "api_key_usage",
+    metadata,
+    Column("key_id", Uuid, primary_key=True),
+    Column("hour", UtcDateTime(), primary_key=True),
+    Column("reads", BigInteger, nullable=False),
+    Column("writes", BigInteger, nullable=False),
+    #: Refused for the key itself: 401 (revoked) or 403 (its role may not).
+    Column("denied", BigInteger, nullable=False),
+    Column("rate_limited", BigInteger, nullable=False),
+    Column("last_used_at", UtcDateTime(), nullable=False),
+    #: The client address of the last use in that hour (an IPv6 client: its /64).
+    Column("last_client", String(64), nullable=False),
 )
 
 #: Idempotency keys: the first response to (API key, Idempotency-Key), replayed on retries.
@@ -136,7 +178,8 @@ mail_outbox = Table(
     Column("key", String(400), primary_key=True),
     Column("reminder_key", String(300), nullable=False),
     Column("rule", String(64), nullable=False),
-    Column("consultation_id", Uuid, nullable=False),
+    #: NULL for messages that are not about a consultation (e.g. a disabled webhook endpoint).
+    Column("consultation_id", Uuid, nullable=True),
     Column("recipient_kind", String(20), nullable=False),
     Column("recipient_id", Uuid, nullable=False),
     Column("message_id", String(200), nullable=False),

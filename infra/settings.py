@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     smtp_timeout_s: float = Field(default=30.0, alias="CONCORD_SMTP_TIMEOUT")
     #: Seconds a worker holds a message it is sending; after that another may take it over.
     mail_lease_s: float = Field(default=300.0, alias="CONCORD_MAIL_LEASE")
+    #: Seconds an unfinished ``Idempotency-Key`` claim survives without being renewed (a
+    #: running request renews it); after that its process is taken for dead and a retry may
+    #: run the request (it finds what the dead attempt committed: nothing happens twice).
+    idempotency_lease_s: float = Field(default=15.0, alias="CONCORD_IDEMPOTENCY_LEASE")
     #: Failed sends are retried with back-off this many times before a message is given up.
     mail_max_attempts: int = Field(default=12, alias="CONCORD_MAIL_MAX_ATTEMPTS")
     #: How often the scheduler looks for due reminders, in seconds.
@@ -60,6 +64,19 @@ class Settings(BaseSettings):
     sse_max_per_key: int = Field(default=5, ge=1, alias="CONCORD_SSE_MAX_PER_KEY")
     #: … and after how many seconds a stream ends cleanly (clients resume with Last-Event-ID).
     sse_max_seconds: float = Field(default=3600.0, gt=0, alias="CONCORD_SSE_MAX_SECONDS")
+    #: Rate limits (``N/second``, ``N/minute``, ``N/hour``, ``N per 5 minutes``; ``off`` lifts
+    #: one): per API key for reads (GET, HEAD, OPTIONS) and for writes (everything else), and
+    #: per client address for requests without a valid key (none, or a bad one). Shared by the
+    #: API processes through Redis; per process in embedded mode.
+    rate_limit_enabled: bool = Field(default=True, alias="CONCORD_RATE_LIMIT_ENABLED")
+    #: Seconds an API process trusts an active key it has looked up once (0: look it up on
+    #: every request). A key revoked through another process stops working within this time.
+    key_cache_s: float = Field(default=5.0, ge=0, le=300, alias="CONCORD_KEY_CACHE_S")
+    rate_limit_read: str = Field(default="1200/minute", alias="CONCORD_RATE_LIMIT_READ")
+    rate_limit_write: str = Field(default="300/minute", alias="CONCORD_RATE_LIMIT_WRITE")
+    rate_limit_anonymous: str = Field(default="300/minute", alias="CONCORD_RATE_LIMIT_ANONYMOUS")
+    #: Seconds between writes of the per-key usage counts (and at shutdown) to the database.
+    key_usage_flush_s: float = Field(default=5.0, gt=0, alias="CONCORD_KEY_USAGE_FLUSH")
     log_format: str = Field(default="json", alias="CONCORD_LOG_FORMAT")
     log_level: str = Field(default="INFO", alias="CONCORD_LOG_LEVEL")
     #: ``GET /metrics`` without a key: only where that port is not reachable from outside.
@@ -68,6 +85,35 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = Field(default=None, alias="CONCORD_METRICS_TOKEN")
     #: prometheus_client's multiprocess directory: set it when the API runs several processes.
     metrics_multiproc_dir: Path | None = Field(default=None, alias="PROMETHEUS_MULTIPROC_DIR")
+    #: Signs invitation links and the sign-on form (at least 32 characters; the same value in
+    #: every process). Unset in embedded mode: generated once into ``<data dir>/secret.key``.
+    secret_key: SecretStr | None = Field(default=None, alias="CONCORD_SECRET_KEY")
+    #: The public sign-on pages (``/s/…/sign/<token>``): requests per client address and per
+    #: link (same syntax as the other rate limits).
+    signon_rate_per_client: str = Field(default="60/minute", alias="CONCORD_SIGNON_RATE_CLIENT")
+    signon_rate_per_link: str = Field(default="20/minute", alias="CONCORD_SIGNON_RATE_LINK")
+    #: Live signatory lists (``/s/{id}/live``) one client address may hold open at once.
+    public_sse_max_per_client: int = Field(
+        default=10, ge=1, alias="CONCORD_PUBLIC_SSE_MAX_PER_CLIENT"
+    )
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        """``warning`` and ``WARNING`` alike; an unknown level fails at start-up."""
+        level = value.strip().upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @field_validator("rate_limit_read", "rate_limit_write", "rate_limit_anonymous")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        """A typo in a rate fails at start-up, not on the first request."""
+        from infra.ratelimit import parse_rate
+
+        parse_rate(value)
+        return value
 
     @cached_property
     def database_url(self) -> str:

@@ -6,8 +6,10 @@ long ago are upgraded on read, so deciding and projecting code only ever sees th
 
 Personal data (names, e-mails, titles) is never a bare field: it is wrapped in
 :class:`Personal`, which names the person it belongs to. In JSON it is the marker object
-``{"$personal": {"subject": "<person id>", "value": …}}``, so a later layer can encrypt each
-person's data with that person's own key and erase it by deleting the key.
+``{"$personal": {"subject": "<person id>", "value": …}}``. The event store encrypts each
+marker with that person's own key before it is written and decrypts it on read; once the key
+is deleted (erasure) a read gives ``{"$personal": {"subject": …, "erased": true}}``, which
+decodes to a :class:`Personal` with ``erased=True`` and no value.
 """
 
 from __future__ import annotations
@@ -31,10 +33,14 @@ PERSONAL_KEY = "$personal"
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Personal(Generic[T]):
-    """A piece of personal data and the person (subject) it belongs to."""
+    """A piece of personal data and the person (subject) it belongs to.
+
+    An erased piece keeps its subject (counts and links survive) but has no value.
+    """
 
     subject: UUID
     value: T
+    erased: bool = False
 
 
 class DomainEvent:
@@ -51,6 +57,8 @@ Upcaster = Callable[[JSON], JSON]
 def to_json(value: Any) -> Any:
     """Turn a dataclass tree into JSON-able values (UUIDs and times as strings)."""
     if isinstance(value, Personal):
+        if value.erased:
+            return {PERSONAL_KEY: {"subject": str(value.subject), "erased": True}}
         return {PERSONAL_KEY: {"subject": str(value.subject), "value": to_json(value.value)}}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -85,6 +93,8 @@ def from_json(tp: Any, value: Any) -> Any:
         return from_json(inner[0], value) if len(inner) == 1 else value
     if origin is Personal or tp is Personal:
         body = value[PERSONAL_KEY]
+        if body.get("erased"):
+            return Personal(subject=UUID(body["subject"]), value=None, erased=True)
         inner_tp = args[0] if args else Any
         return Personal(subject=UUID(body["subject"]), value=from_json(inner_tp, body["value"]))
     if origin in (tuple,):

@@ -32,14 +32,32 @@ class Metadata:
     api_key_id: str | None = None
     causation_id: str | None = None
     correlation_id: str | None = None
+    #: The request's ``Idempotency-Key`` and which of its commands this is (0, 1 …): a retry
+    #: of a request whose outcome its client never heard finds its own events by these.
+    idempotency_key: str | None = None
+    step: int = 0
 
     def as_dict(self) -> JSON:
-        return {
+        meta: JSON = {
             "actor": self.actor,
             "api_key_id": self.api_key_id,
             "causation_id": self.causation_id,
             "correlation_id": self.correlation_id,
         }
+        if self.idempotency_key is not None:
+            meta["idempotency_key"] = self.idempotency_key
+            meta["step"] = self.step
+        return meta
+
+    def made(self, event: RecordedEvent) -> bool:
+        """Was ``event`` appended by this very command (same key, key scope and step)?"""
+        meta = event.metadata
+        return (
+            self.idempotency_key is not None
+            and meta.get("idempotency_key") == self.idempotency_key
+            and meta.get("step") == self.step
+            and meta.get("api_key_id") == self.api_key_id
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +84,8 @@ class RecordedEvent:
     data: JSON
     metadata: JSON
     recorded_at: datetime
+    #: The event's link in its stream's hash chain (hex SHA-256), when the store keeps one.
+    hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +119,17 @@ class EventStore(Protocol):
         """
         ...
 
+    def append_batch(
+        self,
+        stream_id: UUID,
+        stream_type: str,
+        expected_version: int | None,
+        commands: Sequence[tuple[Sequence[NewEvent], Metadata | None]],
+    ) -> AppendResult:
+        """Append the events of several commands (each with its own metadata) atomically,
+        in order, as one append. Raises ConcurrencyError like :meth:`append`."""
+        ...
+
     def read_stream(
         self,
         stream_id: UUID,
@@ -106,8 +137,10 @@ class EventStore(Protocol):
         after_version: int = 0,
         until_position: int | None = None,
         until_time: datetime | None = None,
+        limit: int | None = None,
     ) -> list[RecordedEvent]:
-        """Every committed event of one stream in version order, optionally as it stood."""
+        """Every committed event of one stream in version order, optionally as it stood
+        (at most ``limit`` of them)."""
         ...
 
     def read_all(

@@ -25,6 +25,10 @@ os.environ.setdefault("CONCORD_QUEUE", f"concord-test-{uuid.uuid4().hex[:12]}")
 # A live event stream (GET /v1/events/stream) ends after a second here, so a client that reads
 # whole responses (the authorization matrix) gets one; the stream tests set their own limits.
 os.environ["CONCORD_SSE_MAX_SECONDS"] = "1"
+# The suite sends thousands of requests with a few keys from one address: budgets it cannot
+# reach. The rate-limit tests (tests/e2e/test_rate_limits_api.py …) set tiny ones of their own.
+for _budget in ("READ", "WRITE", "ANONYMOUS"):
+    os.environ.setdefault(f"CONCORD_RATE_LIMIT_{_budget}", "1000000/minute")
 
 _PG = backends.postgres()
 BACKENDS = [

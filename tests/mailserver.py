@@ -25,6 +25,8 @@ class Inbox:
     """Messages the server accepted, parsed; ``delay_s`` slows each RCPT (to kill mid-send)."""
 
     messages: list[EmailMessage] = field(default_factory=list)
+    #: When each message arrived (``time.monotonic()``), in the same order.
+    arrived: list[float] = field(default_factory=list)
     delay_s: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: Set while a client waits in RCPT (a test may kill the sender right then).
@@ -44,6 +46,7 @@ class Inbox:
         assert isinstance(message, EmailMessage)
         with self.lock:
             self.messages.append(message)
+            self.arrived.append(time.monotonic())
         return "250 Message accepted for delivery"
 
     def by_id(self) -> dict[str, list[EmailMessage]]:

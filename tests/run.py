@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from tests import backends
+from tests.browser.conftest import missing as browser_missing
 
 
 def main() -> int:
@@ -18,6 +19,11 @@ def main() -> int:
             print(f"  {name:<11}: tested ({avail.reason})")
         else:
             print(f"  {name:<11}: SKIPPED — {avail.reason}; tests that need it are skipped")
+    browser = browser_missing()
+    if browser is None:
+        print("  Browser    : tested (Debian's Chromium with Playwright, axe-core)")
+    else:
+        print(f"  Browser    : SKIPPED — {browser}; tests/browser is skipped")
     if not (pg.ok and rd.ok):
         print(
             "  (CI runs .ci/run, which provides both; set DATABASE_URL/REDIS_URL to run them here)"

@@ -74,6 +74,20 @@ def _clear_log_context(**_: Any) -> None:
     structlog.contextvars.clear_contextvars()
 
 
+@signals.worker_process_init.connect
+def _forget_parent_wiring(**_: Any) -> None:
+    """A pool process forked after the worker was ready (a replacement for one that died, or
+    one recycled) inherits the main process's wiring, whose pooled database connections the
+    main process is still using: two processes on one socket read each other's rows. The
+    child lets go of them without closing them (SQLAlchemy's ``dispose(close=False)``) and
+    builds its own on first use."""
+    global _system, _reminders
+    _reminders = None
+    if _system is not None:
+        _system.db.dispose(close=False)
+        _system = None
+
+
 @signals.worker_ready.connect
 def _start_projector(**_: Any) -> None:
     system().start_background(dispatch=True)

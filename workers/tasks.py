@@ -59,6 +59,22 @@ def send_reminder(self: Task, key: str) -> str:
     return reminders().send(key, task_id=self.request.id).status
 
 
+@app.task(name="invitations.expire", ignore_result=True)
+def expire_invitations() -> int:
+    """Record ``invitation.expired`` for live invitations whose link's time is up."""
+    from infra.invitations import expire_due
+
+    return expire_due(system())
+
+
+@app.task(name="idempotency.purge", ignore_result=True)
+def purge_idempotency_keys() -> int:
+    """Delete stored answers to Idempotency-Keys past their 24 h retention."""
+    from infra.idempotency import IdempotencyStore
+
+    return IdempotencyStore(system().db).purge()
+
+
 @app.task(name="webhooks.scan", ignore_result=True)
 def scan_webhooks() -> int:
     """Enqueue a delivery run for each subscription whose next delivery is due (or stranded

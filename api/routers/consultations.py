@@ -13,7 +13,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, Http
 from sqlalchemy import and_, false, func, not_, select
 from starlette.concurrency import run_in_threadpool
 
-from api.commands import etag, run
+from api.commands import etag, new_id, run
 from api.deps import (
     IfMatch,
     Member,
@@ -168,8 +168,8 @@ class Assignment(BaseModel):
 class RegistrationPublic(BaseModel):
     id: UUID
     consultation_id: UUID
-    name: str
-    email: str
+    name: str | None = Field(description="null once the person is erased.")
+    email: str | None = Field(description="null once the person is erased.")
     organisation_id: UUID | None
     role: str
     country: str | None
@@ -359,7 +359,7 @@ async def plan_consultation(
     )
     if body.series_id is not None:
         await _check_series(system, body.series_id, body.host_country)
-    consultation_id = uuid4()
+    consultation_id = new_id(request)
     await command(
         system,
         request,
@@ -607,7 +607,7 @@ async def schedule_session(
     await check_organisations(
         system, speakers=[s.organisation_id for s in body.speakers if s.organisation_id]
     )
-    session_id = uuid4()
+    session_id = new_id(request)
     await command(
         system,
         request,
@@ -703,7 +703,7 @@ async def form_working_group(
     version: IfMatch,
 ) -> dict[str, Any]:
     """Form the working group of one thematic area."""
-    group_id = uuid4()
+    group_id = new_id(request)
     await command(
         system,
         request,
@@ -739,7 +739,7 @@ async def register(
     if organisation_id is not None:
         await check_organisations(system, organisation_id=[organisation_id])
     email = str(body.email)
-    registration_id = uuid4()
+    registration_id = new_id(request)
     outcome = await command(
         system,
         request,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -11,7 +12,7 @@ import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import EventReader, MinPosition, Principal, SystemDep
@@ -133,16 +134,14 @@ async def list_events(
 # -- the live stream ---------------------------------------------------------------------------
 
 
-async def stream_slot(
-    request: Request, system: SystemDep, principal: EventReader
+@asynccontextmanager
+async def held_slot(
+    limiter: live.LocalLimiter | live.RedisLimiter, owner: str, retry_s: float, too_many: str
 ) -> AsyncIterator[live.Lease]:
-    """One of the caller's key's stream slots for as long as the stream runs, else 429."""
-    limiter = getattr(request.app.state, "stream_limiter", None)
-    if limiter is None:
-        limiter = request.app.state.stream_limiter = live.limiter_for(system.settings)
-    assert principal.key is not None  # EventReader admits keys only
+    """One of ``owner``'s stream slots while the stream runs: 503 if the limiter cannot be
+    reached, 429 (``too_many``) if every slot is taken."""
     try:
-        lease = await limiter.acquire(str(principal.key.id))
+        lease = await limiter.acquire(owner)
     except live.LimiterUnavailable:
         raise ProblemError(
             503,
@@ -152,18 +151,32 @@ async def stream_slot(
             headers={"Retry-After": "5"},
         ) from None
     if lease is None:
-        retry = max(1, round(system.settings.sse_heartbeat_s))
         raise ProblemError(
             429,
             "Too many requests",
-            f"This key already holds {limiter.limit} open event streams; close one first.",
+            too_many,
             type_="too-many-streams",
-            headers={"Retry-After": str(retry)},
+            headers={"Retry-After": str(max(1, round(retry_s)))},
         )
     try:
         yield lease
     finally:
         await lease.release()
+
+
+async def stream_slot(
+    request: Request, system: SystemDep, principal: EventReader
+) -> AsyncIterator[live.Lease]:
+    """One of the caller's key's stream slots for as long as the stream runs, else 429."""
+    limiter = getattr(request.app.state, "stream_limiter", None)
+    if limiter is None:
+        limiter = request.app.state.stream_limiter = live.limiter_for(system.settings)
+    assert principal.key is not None  # EventReader admits keys only
+    too_many = f"This key already holds {limiter.limit} open event streams; close one first."
+    async with held_slot(
+        limiter, str(principal.key.id), system.settings.sse_heartbeat_s, too_many
+    ) as lease:
+        yield lease
 
 
 StreamSlot = Annotated[live.Lease, Depends(stream_slot)]
@@ -261,8 +274,12 @@ async def _key_still_valid(system: System, principal: Principal) -> bool:
 class StreamEvents(BaseModel):
     stream_id: UUID
     stream_type: str
-    version: int
+    version: int = Field(description="The version of the last event in this page.")
     data: list[EventPublic]
+    has_more: bool = Field(False, description="More events follow: ask again with after_version.")
+    next_after_version: int | None = Field(
+        None, description="The after_version of the next page, when there is one."
+    )
 
 
 @router.get(
@@ -276,11 +293,13 @@ async def stream_events(
     system: SystemDep,
     _principal: EventReader,
     after_version: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
 ) -> StreamEvents:
-    """Every event of one stream (an aggregate's whole history)."""
+    """One stream's events (an aggregate's history) in version order, a page at a time."""
     events = await run_in_threadpool(
-        system.store.read_stream, stream_id, after_version=after_version
+        lambda: system.store.read_stream(stream_id, after_version=after_version, limit=limit)
     )
+    full = len(events) == limit
     numbered = [e for e in events if e.position is not None]
     if not numbered and after_version == 0:
         raise ProblemError(404, "Not found", f"No stream {stream_id}.", type_="stream-not-found")
@@ -290,6 +309,9 @@ async def stream_events(
         stream_type=last.stream_type if last else "",
         version=last.version if last else after_version,
         data=[EventPublic.of(e) for e in numbered],
+        # A page cut short by an event not yet numbered ends there: the rest follows later.
+        has_more=full and len(numbered) == len(events),
+        next_after_version=last.version if full and last and len(numbered) == len(events) else None,
     )
 
 
@@ -300,10 +322,11 @@ async def stream_events(
     dependencies=[MinPosition],
 )
 async def stream_summary(stream_id: UUID, system: SystemDep, _principal: EventReader) -> Any:
-    """Type, version and positions of a stream (eventually consistent; see X-Min-Position)."""
+    """Type, version and positions of a stream (the catalog is caught up before reading)."""
     from infra.projections.catalog import stream_catalog
 
     def load() -> Any:
+        system.projector.catch_up(names=["stream_catalog"])  # off the command path
         with system.db.read() as conn:
             return (
                 conn.execute(stream_catalog.select().where(stream_catalog.c.stream_id == stream_id))

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Literal
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, HttpUrl
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
-from api.commands import etag, run
+from api.commands import etag, new_id, run
 from api.deps import (
     AnyKey,
     IfMatch,
@@ -128,7 +128,7 @@ async def register_organisation(
     principal: Organiser,
 ) -> OrganisationPublic:
     """Register an organisation (admins and organisers)."""
-    organisation_id = uuid4()
+    organisation_id = new_id(request)
     command = RegisterOrganisation(
         organisation_id=organisation_id,
         name=body.name,

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from api.commands import etag, run
+from api.commands import etag, new_id, run
 from api.deps import IfMatch, MinPosition, Organiser, SystemDep
 from api.fields import Country, Text
 from api.problems import ProblemError
@@ -53,7 +53,7 @@ async def launch_series(
     principal: Organiser,
 ) -> dict[str, Any]:
     """Launch a series with the countries it plans to cover."""
-    series_id = uuid4()
+    series_id = new_id(request)
     await run(
         system,
         request,

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
-from uuid import UUID, uuid4
+from typing import Annotated, Any, Literal, NamedTuple
+from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query, Request, Response
@@ -18,7 +19,7 @@ from fastapi.responses import FileResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from api.commands import etag, run
+from api.commands import etag, new_id, run
 from api.deps import Member, Organiser, Principal, PrincipalDep, SystemDep, ensure_acts_for
 from api.fields import Text
 from api.problems import ProblemError
@@ -27,13 +28,16 @@ from api.routers.organisations import load_organisation
 from api.schemas import Problem
 from infra.bootstrap import System
 from infra.documents.storage import MEDIA_TYPES, open_file
+from infra.eventstore.verify import verify_stream
 from services.messages import Personal
 from services.people import person_id
 from services.registry import EVENTS
 from services.statements import commands as s
 from services.statements.model import (
     STATEMENT,
+    Endorsement,
     Statement,
+    active_endorsement_of,
     active_endorsements,
     counts_by_country,
     counts_by_kind,
@@ -110,20 +114,52 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, Personal) else value
 
 
+#: When each event of a statement was recorded, by stream version.
+Times = Callable[[int], datetime | None]
+
+
+class Folded(NamedTuple):
+    state: Statement
+    version: int
+    at: Times
+    #: Views derived from this state, computed once (kept with the process's snapshot).
+    memo: dict[str, Any]
+
+
 async def _fold(
     system: System, statement_id: UUID, position: int | None = None, when: datetime | None = None
-) -> tuple[Statement, int, list[Any]]:
-    def fold() -> tuple[Statement, int, list[Any]]:
+) -> Folded:
+    """The statement now (folded once and kept by the process's lanes) or as it stood then."""
+
+    def fold() -> Folded:
+        if position is None and when is None:
+            snap = system.lanes.load(STATEMENT, statement_id)
+            return Folded(snap.state, snap.version, snap.recorded_at, snap.memo)
         records = system.store.read_stream(statement_id, until_position=position, until_time=when)
         state = STATEMENT.fold(EVENTS.decode_known(records))
-        return state, records[-1].version if records else 0, records
+        at = {r.version: r.recorded_at for r in records}
+        return Folded(state, records[-1].version if records else 0, at.get, {})
 
-    state, version, records = await run_in_threadpool(fold)
-    if not state.exists:
+    folded = await run_in_threadpool(fold)
+    if not folded.state.exists:
         raise ProblemError(
             404, "Not found", f"No statement {statement_id}.", type_="unknown-statement"
         )
-    return state, version, records
+    return folded
+
+
+def _counts(folded: Folded) -> dict[str, Any]:
+    """Active endorsements and their counts by country and kind (once per snapshot)."""
+    memo = folded.memo
+    if "counts" not in memo:
+        active = active_endorsements(folded.state)
+        memo["counts"] = {
+            "active": active,
+            "count": len(active),
+            "by_country": counts_by_country(folded.state),
+            "by_kind": counts_by_kind(folded.state),
+        }
+    return dict(memo["counts"])
 
 
 def _check_reader(principal: Principal, state: Statement) -> None:
@@ -138,13 +174,9 @@ def _check_reader(principal: Principal, state: Statement) -> None:
         )
 
 
-def _times(records: list[Any]) -> dict[int, datetime]:
-    return {r.version: r.recorded_at for r in records}
-
-
-def document(state: Statement, version: int, records: list[Any], public_url: str) -> dict[str, Any]:
+def document(folded: Folded, public_url: str) -> dict[str, Any]:
+    state, version, at = folded.state, folded.version, folded.at
     zone = ZoneInfo(state.timezone or "UTC")
-    at = _times(records)
 
     def local(moment: datetime | None) -> str | None:
         return moment.astimezone(zone).isoformat() if moment else None
@@ -178,7 +210,7 @@ def document(state: Statement, version: int, records: list[Any], public_url: str
                                 "addressed_to": list(h.addressed_to),
                                 "amendment_id": str(h.amendment_id) if h.amendment_id else None,
                                 "reason": h.reason,
-                                "at": local(at.get(h.version)),
+                                "at": local(at(h.version)),
                             }
                             for h in history(state, r.recommendation_id)
                         ],
@@ -198,11 +230,7 @@ def document(state: Statement, version: int, records: list[Any], public_url: str
             }
             for a in pending_amendments(state)
         ],
-        "endorsements": {
-            "count": len(active_endorsements(state)),
-            "by_country": counts_by_country(state),
-            "by_kind": counts_by_kind(state),
-        },
+        "endorsements": {key: value for key, value in _counts(folded).items() if key != "active"},
         "documents": (
             {
                 k: f"{public_url}/v1/statements/{state.statement_id}/document.{k}"
@@ -214,8 +242,7 @@ def document(state: Statement, version: int, records: list[Any], public_url: str
     }
 
 
-def _signatories(state: Statement, records: list[Any]) -> list[dict[str, Any]]:
-    at = _times(records)
+def _signatories(at: Times, endorsements: Iterable[Endorsement]) -> list[dict[str, Any]]:
     return [
         {
             "organisation_id": str(e.organisation_id),
@@ -225,9 +252,9 @@ def _signatories(state: Statement, records: list[Any]) -> list[dict[str, Any]]:
             "signatory_name": _plain(e.signatory_name),
             "signatory_title": _plain(e.signatory_title),
             "content_hash": e.content_hash,
-            "endorsed_at": at[e.version].isoformat() if e.version in at else None,
+            "endorsed_at": when.isoformat() if (when := at(e.version)) else None,
         }
-        for e in active_endorsements(state)
+        for e in endorsements
     ]
 
 
@@ -244,12 +271,13 @@ async def get_statement(
     """The text by thematic area, pending amendments, each recommendation's history and the
     endorsement counts; ``as_of`` shows it as it stood then."""
     position, when = parse_as_of(as_of) if as_of else (None, None)
-    state, version, records = await _fold(system, statement_id, position, when)
+    folded = await _fold(system, statement_id, position, when)
+    state = folded.state
     _check_reader(principal, state)
-    etag(response, version)
-    doc = document(state, version, records, system.settings.public_url)
+    etag(response, folded.version)
+    doc = document(folded, system.settings.public_url)
     if as_of:
-        doc["signatories"] = _signatories(state, records)
+        doc["signatories"] = _signatories(folded.at, active_endorsements(state))
     return doc
 
 
@@ -274,9 +302,10 @@ async def list_endorsements(
 ) -> Any:
     """Signatories (public once published) with counts by country and kind; ``format=csv``
     exports them all."""
-    state, version, records = await _fold(system, statement_id)
+    folded = await _fold(system, statement_id)
+    state, version = folded.state, folded.version
     _check_reader(principal, state)
-    rows = _signatories(state, records)
+    counts = _counts(folded)
     if format == "csv":
         out = io.StringIO()
         fields = [
@@ -291,7 +320,7 @@ async def list_endorsements(
         ]
         writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(_signatories(folded.at, counts["active"]))
         return Response(
             out.getvalue().encode("utf-8-sig"),
             media_type="text/csv; charset=utf-8",
@@ -302,12 +331,12 @@ async def list_endorsements(
         )
     etag(response, version)
     return {
-        "data": rows[offset : offset + limit],
-        "total": len(rows),
+        "data": _signatories(folded.at, counts["active"][offset : offset + limit]),
+        "total": counts["count"],
         "limit": limit,
         "offset": offset,
-        "by_country": counts_by_country(state),
-        "by_kind": counts_by_kind(state),
+        "by_country": counts["by_country"],
+        "by_kind": counts["by_kind"],
         "content_hash": state.content_hash,
     }
 
@@ -317,7 +346,7 @@ async def get_document(
     statement_id: UUID, kind: Literal["md", "html", "pdf"], system: SystemDep
 ) -> Any:
     """The compiled statement with its signatories (404 until published)."""
-    state, _, _ = await _fold(system, statement_id)
+    state = (await _fold(system, statement_id)).state
     files = state.published.files if state.published else {}
     path = open_file(system.settings.data_dir, files[kind], kind) if kind in files else None
     if path is None:
@@ -338,7 +367,7 @@ async def get_document(
 @router.get("/v1/jobs/{job_id}", responses={404: {"model": Problem}})
 async def get_job(job_id: UUID, system: SystemDep, statement_id: UUID) -> dict[str, Any]:
     """A publication job: queued until the worker has compiled and published the statement."""
-    state, _, _ = await _fold(system, statement_id)
+    state = (await _fold(system, statement_id)).state
     if job_id not in state.publication_jobs:
         raise ProblemError(404, "Not found", f"No job {job_id}.", type_="unknown-job")
     done = state.published is not None and state.published.job_id == job_id
@@ -365,9 +394,9 @@ async def _command(
 
 
 async def _answer(system: System, statement_id: UUID, response: Response) -> dict[str, Any]:
-    state, version, records = await _fold(system, statement_id)
-    etag(response, version)
-    return document(state, version, records, system.settings.public_url)
+    folded = await _fold(system, statement_id)
+    etag(response, folded.version)
+    return document(folded, system.settings.public_url)
 
 
 @router.post("/v1/consultations/{consultation_id}/statements", status_code=201, responses=ERRORS)
@@ -383,7 +412,7 @@ async def start_drafting(
     consultation = await load_doc(system, consultation_id)
     for org in body.drafting_committee:
         await load_organisation(system, org)
-    statement_id = uuid4()
+    statement_id = new_id(request)
     await _command(
         system,
         request,
@@ -414,7 +443,7 @@ async def add_recommendation(
     principal: Member,
 ) -> dict[str, Any]:
     """Add a recommendation to the section of its thematic area."""
-    rid = uuid4()
+    rid = new_id(request)
     await _command(
         system,
         request,
@@ -507,7 +536,7 @@ async def propose_amendment(
         )
     ensure_acts_for(principal, organisation_id)
     await load_organisation(system, organisation_id)
-    aid = uuid4()
+    aid = new_id(request)
     await _command(
         system,
         request,
@@ -575,7 +604,7 @@ async def finalise(
     principal: Member,
 ) -> dict[str, Any]:
     """Freeze the text (its content hash) and open it for endorsement until the deadline."""
-    state, _, _ = await _fold(system, statement_id)
+    state = (await _fold(system, statement_id)).state
     consultation = await load_doc(system, state.consultation_id)  # type: ignore[arg-type]
     await _command(
         system,
@@ -635,11 +664,11 @@ async def publish(
     principal: Member,
 ) -> dict[str, Any]:
     """Compile and publish in the background; answers 202 with the job to follow."""
-    state, _, _ = await _fold(system, statement_id)
+    state = (await _fold(system, statement_id)).state
     if state.publication_jobs and state.published is None:
         job_id = state.publication_jobs[-1]  # already queued: the same job
     else:
-        job_id = uuid4()
+        job_id = new_id(request)
         await _command(
             system,
             request,
@@ -700,7 +729,78 @@ async def endorse(
         "content_hash": event.data.get("content_hash") if event else None,
         "position": outcome.position,
         "version": outcome.version,
+        "receipt": receipt(statement_id, event, outcome.position) if event else None,
     }
+
+
+def receipt(statement_id: UUID, event: Any, position: int | None) -> dict[str, Any]:
+    """What an organisation keeps to prove later what it endorsed, and that the log still
+    says so: the text's hash, the endorsement event's hash-chain link and its position."""
+    return {
+        "statement_id": str(statement_id),
+        "organisation_id": event.data["organisation_id"],
+        "content_hash": event.data["content_hash"],
+        "event_id": str(event.id),
+        "event_hash": event.hash,
+        "stream_version": event.version,
+        "position": position if position is not None else event.position,
+        "recorded_at": event.recorded_at.isoformat(),
+    }
+
+
+@router.get(
+    "/v1/statements/{statement_id}/endorsements/{organisation_id}/receipt", responses=ERRORS
+)
+async def endorsement_receipt(
+    statement_id: UUID,
+    organisation_id: UUID,
+    system: SystemDep,
+    principal: Member,
+    event_hash: Annotated[
+        str | None,
+        Query(pattern=r"^[0-9a-f]{64}$", description="A receipt's `event_hash` to check."),
+    ] = None,
+) -> dict[str, Any]:
+    """The receipt of the organisation's latest endorsement, checked against the log: the
+    statement's hash chain is recomputed from its first event, so ``verified`` is true only
+    if nothing before or at the endorsement was changed. With ``event_hash``, ``matches``
+    says whether a receipt kept earlier is that same, intact endorsement."""
+    ensure_acts_for(principal, organisation_id)
+    records = await run_in_threadpool(system.store.read_stream, statement_id)
+    mine = [
+        r
+        for r in records
+        if r.type == "statement.endorsed" and r.data.get("organisation_id") == str(organisation_id)
+    ]
+    if not mine:
+        raise ProblemError(
+            404, "Not found", f"Organisation {organisation_id} never endorsed {statement_id}."
+        )
+    check = await run_in_threadpool(verify_stream, system.db, statement_id)
+    broken = check.broken
+    intact = broken is None or (broken.version or 0) > mine[-1].version
+    try:
+        state = STATEMENT.fold(EVENTS.decode_known(records))
+        active = active_endorsement_of(state, organisation_id)
+        status = (
+            "active"
+            if active is not None and active.version == mine[-1].version
+            else "withdrawn or voided"
+        )
+        current: str | None = state.content_hash
+    except Exception:  # a tampered log may not even decode: the receipt still answers
+        status, current = "unknown", None
+    out: dict[str, Any] = {
+        **receipt(statement_id, mine[-1], mine[-1].position),
+        "verified": intact,
+        "status": status,
+        "current_content_hash": current,
+    }
+    if broken is not None:
+        out["broken"] = broken.describe()
+    if event_hash is not None:
+        out["matches"] = intact and any(r.hash == event_hash for r in mine)
+    return out
 
 
 @router.delete("/v1/statements/{statement_id}/endorsements/{organisation_id}", responses=ERRORS)

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Principal, SystemDep, require
@@ -40,6 +40,10 @@ Url = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_
 EventType = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 EventTypes = Annotated[list[EventType], Field(min_length=1, max_length=100)]
 MAX_PAGE = 200
+CONTACT = (
+    "Who is told by e-mail when the endpoint is disabled (gone, or failing for days); "
+    "without one, nobody is mailed (the subscription's status still shows it)."
+)
 
 
 class SubscriptionCreate(BaseModel):
@@ -51,6 +55,7 @@ class SubscriptionCreate(BaseModel):
         "`org.concord.statement.endorsed.v1`); omit for every public type.",
     )
     description: Text(500) | None = None  # type: ignore[valid-type]
+    contact_email: EmailStr | None = Field(default=None, description=CONTACT)
 
 
 class SubscriptionUpdate(BaseModel):
@@ -60,6 +65,7 @@ class SubscriptionUpdate(BaseModel):
     url: Url | None = None
     event_types: EventTypes | None = Field(default=None, description="null: every public type.")
     description: Text(500) | None = None  # type: ignore[valid-type]
+    contact_email: EmailStr | None = Field(default=None, description=CONTACT)
     status: Literal["active", "paused"] | None = None
 
 
@@ -69,6 +75,7 @@ class SubscriptionPublic(BaseModel):
     url: str
     event_types: list[str] | None = Field(description="null: every public event type.")
     description: str | None
+    contact_email: str | None = Field(description=CONTACT)
     status: Literal["active", "paused", "disabled"]
     disabled_at: datetime | None
     disabled_reason: str | None
@@ -89,6 +96,7 @@ class SubscriptionPublic(BaseModel):
             url=sub.url,
             event_types=list(sub.event_types) if sub.event_types is not None else None,
             description=sub.description,
+            contact_email=sub.contact_email,
             status=sub.status,  # type: ignore[arg-type]
             disabled_at=sub.disabled_at,
             disabled_reason=sub.disabled_reason,
@@ -226,6 +234,7 @@ async def create_subscription(
             body.event_types,
             body.description,
             principal.actor,
+            str(body.contact_email) if body.contact_email else None,
         )
     except SubscriptionError as exc:
         raise _invalid(exc) from None
@@ -257,7 +266,7 @@ async def get_subscription(
 async def update_subscription(
     subscription_id: UUID, body: SubscriptionUpdate, system: SystemDep, principal: Integrator
 ) -> SubscriptionPublic:
-    """Change the URL, event types or description; pause or resume deliveries."""
+    """Change the URL, event types, description or contact; pause or resume deliveries."""
     await _owned(system, principal, subscription_id)
     given = body.model_fields_set
     if "url" in given and body.url is None:
@@ -269,6 +278,9 @@ async def update_subscription(
                 url=body.url if "url" in given else UNSET,
                 event_types=body.event_types if "event_types" in given else UNSET,
                 description=body.description if "description" in given else UNSET,
+                contact_email=(str(body.contact_email) if body.contact_email else None)
+                if "contact_email" in given
+                else UNSET,
                 status=body.status,
             )
         )

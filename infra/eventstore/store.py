@@ -19,6 +19,12 @@ Positions (PostgreSQL)
 Positions (SQLite)
     One writer at a time, so commit order is insert order: the position is assigned in the
     insert transaction.
+
+Personal data and hashes
+    With a :class:`~infra.personal.Keyring`, every ``$personal`` marker is sealed with its
+    person's key before it is written and opened on read (erased people read as erased). Each
+    event also stores its content hash and its link in the stream's hash chain
+    (:mod:`infra.eventstore.chain`), computed over the sealed form.
 """
 
 from __future__ import annotations
@@ -37,36 +43,55 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
 from infra.db import Database
+from infra.eventstore.chain import GENESIS, chain, content_hash
+from infra.personal import Keyring, has_marker
 from services.errors import ConcurrencyError
 from services.messages import EventRegistry
 from services.ports import AppendResult, Metadata, NewEvent, RecordedEvent
 
 COLUMNS = (
     "position, event_id, stream_id, stream_type, version, event_type, schema_version, "
-    "data, metadata, recorded_at"
+    "data, metadata, recorded_at, chain_hash"
+)
+INSERT_COLUMNS = (
+    "position, event_id, stream_id, stream_type, version, event_type, schema_version, "
+    "data, metadata, recorded_at, content_hash, chain_hash"
 )
 
 # The append, as one statement sent straight to psycopg (no SQL compilation per call): the
 # rows go in only if the stream is at the expected version; a racing writer hits the unique
-# key (stream_id, version).
+# key (stream_id, version). The hash chain continues from the stream's actual last row.
 _PG_APPEND = """
+    WITH last AS (
+        SELECT version, chain_hash FROM events WHERE stream_id = %(stream_id)s
+        ORDER BY version DESC LIMIT 1
+    ), cur AS (
+        SELECT COALESCE((SELECT version FROM last), 0) AS version,
+               concord_chain(COALESCE((SELECT chain_hash FROM last), %(genesis)s),
+                             %(content_hashes)s::text[]) AS hashes
+    )
     INSERT INTO events (event_id, stream_id, stream_type, version, event_type, schema_version,
-                        data, metadata, recorded_at)
+                        data, metadata, recorded_at, content_hash, chain_hash)
     SELECT v.event_id, %(stream_id)s, %(stream_type)s, cur.version + v.ord, v.event_type,
-           v.schema_version, v.data, %(metadata)s::jsonb, %(recorded_at)s
+           v.schema_version, v.data, v.metadata, %(recorded_at)s, v.content_hash,
+           cur.hashes[v.ord]
     FROM unnest(%(event_ids)s::uuid[], %(types)s::text[], %(schema_versions)s::smallint[],
-                %(datas)s::jsonb[])
-         WITH ORDINALITY AS v(event_id, event_type, schema_version, data, ord)
-    CROSS JOIN (SELECT COALESCE(max(version), 0) AS version
-                FROM events WHERE stream_id = %(stream_id)s) AS cur
+                %(datas)s::jsonb[], %(metadatas)s::jsonb[], %(content_hashes)s::text[])
+         WITH ORDINALITY AS v(event_id, event_type, schema_version, data, metadata, content_hash,
+                              ord)
+    CROSS JOIN cur
     WHERE %(expected)s::integer IS NULL OR cur.version = %(expected)s::integer
-    RETURNING id, version
+    RETURNING id, version, chain_hash
 """
 _PG_SEQUENCE = (
     "SELECT concord_sequence_events(%(stream_id)s::uuid, %(first)s::integer, %(last)s::integer)"
 )
 _PG_STREAM_VERSION = "SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = %(stream_id)s"
 _STREAM_VERSION = text("SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = :stream_id")
+_SQLITE_LAST = (
+    "SELECT version, chain_hash FROM events WHERE stream_id = :stream_id "
+    "ORDER BY version DESC LIMIT 1"
+)
 _HEAD_SQL = "SELECT COALESCE(max(position), 0) FROM events WHERE position IS NOT NULL"
 _HEAD = text(_HEAD_SQL)
 
@@ -80,10 +105,12 @@ class SqlEventStore:
         registry: EventRegistry | None = None,
         *,
         sequence_timeout_s: float = 10.0,
+        keyring: Keyring | None = None,
     ) -> None:
         self.db = db
         self.registry = registry
         self.sequence_timeout_s = sequence_timeout_s
+        self.keyring = keyring
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -96,18 +123,31 @@ class SqlEventStore:
         metadata: Metadata | None = None,
     ) -> AppendResult:
         """Append atomically; a stream not at ``expected_version`` raises ConcurrencyError."""
+        return self.append_batch(stream_id, stream_type, expected_version, [(events, metadata)])
+
+    def append_batch(
+        self,
+        stream_id: UUID,
+        stream_type: str,
+        expected_version: int | None,
+        commands: Sequence[tuple[Sequence[NewEvent], Metadata | None]],
+    ) -> AppendResult:
+        """Append the events of several commands, each with its own metadata, atomically in
+        one statement (the per-stream batching of :mod:`infra.lanes`)."""
+        events = [e for batch, _ in commands for e in batch]
         if not events:
             raise ValueError("append needs at least one event")
-        meta = (metadata or Metadata()).as_dict()
+        metas = [(m or Metadata()).as_dict() for batch, m in commands for _ in batch]
         recorded_at = datetime.now(UTC)
+        stored = self.keyring.seal(events) if self.keyring is not None else events
         positions: Sequence[int | None]
         if self.db.is_postgres:
-            versions, positions = self._append_postgres(
-                stream_id, stream_type, expected_version, events, meta, recorded_at
+            versions, positions, hashes = self._append_postgres(
+                stream_id, stream_type, expected_version, stored, metas, recorded_at
             )
         else:
-            versions, positions = self._append_sqlite(
-                stream_id, stream_type, expected_version, events, meta, recorded_at
+            versions, positions, hashes = self._append_sqlite(
+                stream_id, stream_type, expected_version, stored, metas, recorded_at
             )
         recorded = tuple(
             RecordedEvent(
@@ -121,8 +161,9 @@ class SqlEventStore:
                 data=dict(e.data),
                 metadata=meta,
                 recorded_at=recorded_at,
+                hash=h,
             )
-            for e, v, p in zip(events, versions, positions, strict=True)
+            for e, meta, v, p, h in zip(events, metas, versions, positions, hashes, strict=True)
         )
         return AppendResult(stream_id=stream_id, version=versions[-1], events=recorded)
 
@@ -132,16 +173,17 @@ class SqlEventStore:
         stream_type: str,
         expected: int | None,
         events: Sequence[NewEvent],
-        meta: dict[str, Any],
+        metas: Sequence[dict[str, Any]],
         recorded_at: datetime,
-    ) -> tuple[list[int], list[int | None]]:
+    ) -> tuple[list[int], list[int | None], list[str]]:
         # One connection for the append and its sequencing: one pool checkout per call.
         # (Pipelining the two statements into one round trip measured no faster here.)
         with self.db.autocommit() as conn:
-            _, versions = self.insert_postgres(
-                conn, stream_id, stream_type, expected, events, meta, recorded_at
+            _, versions, hashes = self.insert_postgres(
+                conn, stream_id, stream_type, expected, events, metas, recorded_at
             )
-            return versions, self._sequence(conn, stream_id, versions[0], versions[-1])
+            positions = self._sequence(conn, stream_id, versions[0], versions[-1])
+            return versions, positions, hashes
 
     def insert_postgres(
         self,
@@ -150,14 +192,17 @@ class SqlEventStore:
         stream_type: str,
         expected: int | None,
         events: Sequence[NewEvent],
-        meta: dict[str, Any],
+        meta: dict[str, Any] | Sequence[dict[str, Any]],
         recorded_at: datetime,
-    ) -> tuple[list[int], list[int]]:
-        """The append statement on ``conn``; returns (insert ids, versions). No sequencing."""
+    ) -> tuple[list[int], list[int], list[str]]:
+        """The append statement on ``conn``; returns (insert ids, versions, chain hashes).
+        No sequencing. ``events`` are stored as given (sealed already, if they need it);
+        ``meta`` is one metadata for all of them or one per event."""
+        metas = [meta] * len(events) if isinstance(meta, dict) else list(meta)
         with _driver_cursor(conn) as cur:
             try:
                 self._execute_append(
-                    cur, stream_id, stream_type, expected, events, meta, recorded_at
+                    cur, stream_id, stream_type, expected, events, metas, recorded_at
                 )
             except psycopg.errors.UniqueViolation as exc:
                 self._conflict(exc, stream_id, expected)
@@ -165,7 +210,7 @@ class SqlEventStore:
             rows = sorted(cur.fetchall(), key=lambda r: r[1])
             if not rows:
                 raise ConcurrencyError(stream_id, expected, self._version(cur, stream_id))
-        return [r[0] for r in rows], [r[1] for r in rows]
+        return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
     @staticmethod
     def _execute_append(
@@ -174,16 +219,19 @@ class SqlEventStore:
         stream_type: str,
         expected: int | None,
         events: Sequence[NewEvent],
-        meta: dict[str, Any],
+        metas: Sequence[dict[str, Any]],
         recorded_at: datetime,
     ) -> None:
+        hashes = _content_hashes(stream_id, stream_type, events, metas, recorded_at)
         cur.execute(
             _PG_APPEND,
             {
+                "genesis": GENESIS,
+                "content_hashes": hashes,
                 "stream_id": stream_id,
                 "stream_type": stream_type,
                 "expected": expected,
-                "metadata": orjson.dumps(meta).decode(),
+                "metadatas": [orjson.dumps(m).decode() for m in metas],
                 "recorded_at": recorded_at,
                 "event_ids": [e.id for e in events],
                 "types": [e.type for e in events],
@@ -212,15 +260,17 @@ class SqlEventStore:
         stream_type: str,
         expected: int | None,
         events: Sequence[NewEvent],
-        meta: dict[str, Any],
+        metas: Sequence[dict[str, Any]],
         recorded_at: datetime,
-    ) -> tuple[list[int], list[int]]:
+    ) -> tuple[list[int], list[int], list[str]]:
+        contents = _content_hashes(stream_id, stream_type, events, metas, recorded_at)
         with self.db.write() as conn:  # BEGIN IMMEDIATE: we hold the only write lock
-            current = conn.execute(_STREAM_VERSION, {"stream_id": stream_id.hex}).scalar_one()
+            last = conn.exec_driver_sql(_SQLITE_LAST, {"stream_id": stream_id.hex}).first()
+            current, previous = (last[0], last[1]) if last else (0, GENESIS)
             if expected is not None and current != expected:
                 raise ConcurrencyError(stream_id, expected, current)
             head = conn.execute(_HEAD).scalar_one()
-            meta_json = orjson.dumps(meta).decode()
+            hashes = chain(previous, contents)
             rows = [
                 {
                     "position": head + i,
@@ -231,18 +281,20 @@ class SqlEventStore:
                     "event_type": e.type,
                     "schema_version": e.schema_version,
                     "data": orjson.dumps(e.data).decode(),
-                    "metadata": meta_json,
+                    "metadata": orjson.dumps(metas[i - 1]).decode(),
                     "recorded_at": _sqlite_param(recorded_at),
+                    "content_hash": contents[i - 1],
+                    "chain_hash": hashes[i - 1],
                 }
                 for i, e in enumerate(events, start=1)
             ]
             conn.exec_driver_sql(
-                f"INSERT INTO events ({COLUMNS}) VALUES (:position, :event_id, :stream_id, "
-                ":stream_type, :version, :event_type, :schema_version, :data, :metadata, "
-                ":recorded_at)",
+                f"INSERT INTO events ({INSERT_COLUMNS}) VALUES (:position, :event_id, "
+                ":stream_id, :stream_type, :version, :event_type, :schema_version, :data, "
+                ":metadata, :recorded_at, :content_hash, :chain_hash)",
                 rows,
             )
-        return [r["version"] for r in rows], [r["position"] for r in rows]
+        return [r["version"] for r in rows], [r["position"] for r in rows], hashes
 
     def _sequence(
         self, conn: Connection, stream_id: UUID, first: int, last: int
@@ -282,8 +334,10 @@ class SqlEventStore:
         after_version: int = 0,
         until_position: int | None = None,
         until_time: datetime | None = None,
+        limit: int | None = None,
     ) -> list[RecordedEvent]:
-        """Every committed event of one stream, in version order, optionally as it stood."""
+        """Every committed event of one stream, in version order, optionally as it stood
+        (at most ``limit`` of them)."""
         p = self._placeholder
         sql = (
             f"SELECT {COLUMNS} FROM events "
@@ -297,6 +351,9 @@ class SqlEventStore:
             sql += f" AND recorded_at <= {p('until_time')}"
             params["until_time"] = until_time if self.db.is_postgres else _sqlite_param(until_time)
         sql += " ORDER BY version"
+        if limit is not None:
+            sql += f" LIMIT {p('limit')}"
+            params["limit"] = limit
         with self.db.read() as conn:
             return self._records(conn, sql, params)
 
@@ -352,6 +409,17 @@ class SqlEventStore:
             key = self._key(stream_id)
             return int(conn.execute(_STREAM_VERSION, {"stream_id": key}).scalar_one())
 
+    # -- personal data ---------------------------------------------------------------------
+
+    def knows(self, person_id: UUID) -> bool:
+        """True while the person's data can be read (their key exists)."""
+        return self.keyring is not None and self.keyring.known(person_id)
+
+    def forget(self, person_id: UUID) -> bool:
+        """Erase a person: delete their key (True if there was one). Nothing in the log
+        changes; their sealed data can never be opened again."""
+        return self.keyring is not None and self.keyring.forget(person_id)
+
     def _key(self, value: UUID) -> UUID | str:
         """A UUID as the driver wants it (SQLite stores the 32-digit hex form)."""
         return value.hex if self.db.is_sqlite else value
@@ -371,22 +439,54 @@ class SqlEventStore:
         if self.db.is_sqlite:
             loads = orjson.loads
             rows = [
-                (pos, UUID(eid), UUID(sid), st, v, et, sv, loads(d), loads(m), _sqlite_time(at))
-                for pos, eid, sid, st, v, et, sv, d, m, at in rows
+                (pos, UUID(eid), UUID(sid), st, v, et, sv, loads(d), loads(m), _sqlite_time(at), h)
+                for pos, eid, sid, st, v, et, sv, d, m, at, h in rows
             ]
-        for pos, eid, sid, stype, ver, etype, sver, data, meta, at in rows:
+        if self.keyring is not None:
+            rows = self._open(conn, rows)
+        for pos, eid, sid, stype, ver, etype, sver, data, meta, at, h in rows:
             if upcast is not None:
                 sver, data = upcast(etype, sver, data)
-            append(RecordedEvent(eid, sid, stype, ver, pos, etype, sver, data, meta, at))
+            append(RecordedEvent(eid, sid, stype, ver, pos, etype, sver, data, meta, at, h))
         return out
+
+    def _open(self, conn: Connection, rows: list[Any]) -> list[Any]:
+        """Rows with their personal data opened (one key lookup for the whole page)."""
+        assert self.keyring is not None
+        personal = [i for i, row in enumerate(rows) if has_marker(row[7])]
+        if not personal:
+            return rows
+        opened = self.keyring.open(conn, [(rows[i][1], rows[i][7]) for i in personal])
+        rows = list(rows)
+        for i, data in zip(personal, opened, strict=True):
+            row = rows[i]
+            rows[i] = (*row[:7], data, *row[8:])
+        return rows
+
+
+def _content_hashes(
+    stream_id: UUID,
+    stream_type: str,
+    events: Sequence[NewEvent],
+    metas: Sequence[dict[str, Any]],
+    recorded_at: datetime,
+) -> list[str]:
+    """Each event's content hash, over what is stored (personal data already sealed)."""
+    return [
+        content_hash(
+            e.id, stream_id, stream_type, e.type, e.schema_version, e.data, meta, recorded_at
+        )
+        for e, meta in zip(events, metas, strict=True)
+    ]
 
 
 @contextmanager
 def _driver_cursor(conn: Connection) -> Iterator[Any]:
     """A psycopg cursor on ``conn``'s own connection: the hot path skips SQL compilation.
 
-    A dropped connection is invalidated, so the pool replaces it instead of handing it out
-    again; errors surface as SQLAlchemy's DBAPIError like those of the ORM path.
+    A dropped connection is handled as SQLAlchemy's own execution path does it: every pooled
+    connection as old as it is replaced on its next checkout (a server restart or
+    ``pg_terminate_backend`` drops them all), and errors surface as SQLAlchemy's DBAPIError.
     """
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
@@ -394,9 +494,13 @@ def _driver_cursor(conn: Connection) -> Iterator[Any]:
     except sqlite3.Error as exc:
         raise DBAPIError.instance(None, None, exc, sqlite3.Error) from exc
     except psycopg.OperationalError as exc:
-        if conn.connection.driver_connection.closed:  # type: ignore[union-attr]
+        dropped = bool(conn.connection.driver_connection.closed)  # type: ignore[union-attr]
+        if dropped:
+            conn.engine.pool._invalidate(conn.connection, exc, _checkin=False)
             conn.invalidate(exc)
-        raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+        raise DBAPIError.instance(
+            None, None, exc, psycopg.Error, connection_invalidated=dropped
+        ) from exc
     finally:
         cursor.close()
 

@@ -45,12 +45,17 @@ SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"
 
 @dataclass(frozen=True, slots=True)
 class PublicEventType:
-    """One public event type: the internal type it renders, its public name and version."""
+    """One public event type: the internal type it renders, its public name and version.
+
+    ``hidden`` names fields of the internal event that never leave the service (a token's
+    hash, say): they are left out of the rendered ``data`` and of the schema.
+    """
 
     internal: str
     name: str
     version: int
     description: str
+    hidden: frozenset[str] = frozenset()
 
     @property
     def type(self) -> str:
@@ -58,14 +63,19 @@ class PublicEventType:
         return f"{TYPE_PREFIX}.{self.name}.v{self.version}"
 
 
-def _v1(internal: str, description: str) -> PublicEventType:
-    return PublicEventType(internal, internal, 1, description)
+def _v1(internal: str, description: str, hidden: tuple[str, ...] = ()) -> PublicEventType:
+    return PublicEventType(internal, internal, 1, description, frozenset(hidden))
 
 
 #: Every public event type. Today each renders one internal type of the same name.
 PUBLIC: tuple[PublicEventType, ...] = (
     _v1("organisation.registered", "An organisation was registered."),
     _v1("organisation.revised", "An organisation's details changed; null fields did not."),
+    _v1(
+        "person.erased",
+        "A person's data was erased: from now on their names, e-mails and titles read as null "
+        "everywhere. Delete your copies of what you stored about `person_id`.",
+    ),
     _v1("series.launched", "A series of consultations was launched with its planned countries."),
     _v1("series.plan_extended", "Countries were added to a series' plan."),
     _v1("series.consultation_joined", "A consultation became part of a series."),
@@ -103,6 +113,24 @@ PUBLIC: tuple[PublicEventType, ...] = (
     _v1("statement.reopened", "The statement went back to drafting; endorsements were voided."),
     _v1("statement.endorsements_closed", "Endorsements closed."),
     _v1("statement.published", "The statement's documents (Markdown, HTML, PDF) are public."),
+    _v1(
+        "invitation.issued",
+        "An organisation was invited by e-mail to endorse a statement through a single-use link.",
+        hidden=("token_hash",),
+    ),
+    _v1(
+        "invitation.resent",
+        "A fresh invitation link was sent; earlier links of the invitation stopped working.",
+        hidden=("token_hash",),
+    ),
+    _v1(
+        "invitation.opened", "The invitee acted on the link's page (a plain fetch records nothing)."
+    ),
+    _v1(
+        "invitation.used", "The invitation link endorsed the statement (the endorsement's version)."
+    ),
+    _v1("invitation.expired", "The invitation link expired unused."),
+    _v1("invitation.revoked", "The organisers revoked the invitation; its links stopped working."),
 )
 
 #: Internal event types that are not part of the contract, and why.
@@ -150,13 +178,13 @@ def reveal_personal(value: Any) -> Any:
     """THE place where personal data leaves the log for integrators: each
     ``{"$personal": {"subject", "value"}}`` marker becomes its plain value.
 
-    When personal data is encrypted per person (crypto-shredding), decrypt here — and render an
-    erased subject's value as erased — so the feed, the stream and webhooks all follow.
+    The store has already opened each person's sealed data with their key; an erased person's
+    marker has no value and renders as null — so the feed, the stream and webhooks all follow.
     """
     if isinstance(value, dict):
         marker = value.get(PERSONAL_KEY)
         if marker is not None and len(value) == 1:
-            return reveal_personal(marker["value"])
+            return None if "value" not in marker else reveal_personal(marker["value"])
         return {k: reveal_personal(v) for k, v in value.items()}
     if isinstance(value, list):
         return [reveal_personal(v) for v in value]
@@ -185,7 +213,7 @@ def envelope(event: RecordedEvent) -> dict[str, Any]:
         "position": event.position or 0,
         "schema_version": event.schema_version,
         "recorded_at": rfc3339(event.recorded_at),
-        "data": reveal_personal(event.data),
+        "data": _data(event, entry),
         "metadata": {
             "actor": meta.get("actor"),
             "api_key_id": meta.get("api_key_id"),
@@ -223,8 +251,16 @@ def cloudevent(event: RecordedEvent, source: str) -> dict[str, Any]:
         "position": event.position or 0,
         "streamtype": event.stream_type,
         "streamversion": event.version,
-        "data": reveal_personal(event.data),
+        "data": _data(event, entry),
     }
+
+
+def _data(event: RecordedEvent, entry: PublicEventType | None) -> Any:
+    """An event's ``data`` as integrators see it: plain personal data, hidden fields left out."""
+    data = reveal_personal(event.data)
+    if entry is not None and entry.hidden and isinstance(data, dict):
+        return {k: v for k, v in data.items() if k not in entry.hidden}
+    return data
 
 
 # -- JSON Schemas, generated from the internal dataclasses ----------------------------------
@@ -238,14 +274,15 @@ class _NoTitles(GenerateJsonSchema):
 
 
 def _public_annotation(tp: Any, models: dict[type, Any]) -> Any:
-    """The type of a field as integrators see it: ``Personal[T]`` is a plain ``T``."""
+    """The type of a field as integrators see it: ``Personal[T]`` is a plain ``T``, or null
+    once the person is erased."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is Annotated:
         return _public_annotation(args[0], models)
     if origin is Personal or tp is Personal:
         inner = _public_annotation(args[0], models) if args else Any
-        return Annotated[inner, Field(json_schema_extra={"x-personal": True})]
+        return Annotated[inner | None, Field(json_schema_extra={"x-personal": True})]
     if origin in (typing.Union, types.UnionType):
         mapped = tuple(_public_annotation(a, models) for a in args)
         return functools.reduce(lambda a, b: a | b, mapped)
@@ -304,4 +341,8 @@ def data_schema(public_type: str) -> dict[str, Any]:
     generated = _model(cls, {}).model_json_schema(schema_generator=_NoTitles)
     schema: dict[str, Any] = _inline_refs(generated, generated.get("$defs", {}))
     schema.pop("title", None)
+    for name in entry.hidden:
+        schema.get("properties", {}).pop(name, None)
+        if name in schema.get("required", ()):
+            schema["required"] = [r for r in schema["required"] if r != name]
     return {"title": entry.type, "description": entry.description, **schema}

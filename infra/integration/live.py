@@ -267,11 +267,15 @@ class _RedisLease:
             return
 
 
-def limiter_for(settings: Settings) -> LocalLimiter | RedisLimiter:
-    """Redis when ``REDIS_URL`` is set (several API processes share it), else in-process.
+def limiter_for(
+    settings: Settings, limit: int | None = None, prefix: str = "concord:sse:"
+) -> LocalLimiter | RedisLimiter:
+    """Redis when ``REDIS_URL`` is set (several API processes share it), else in-process;
+    ``limit`` streams per owner (default: ``CONCORD_SSE_MAX_PER_KEY``).
 
     A slot outlives a crashed process by at most three heartbeats."""
+    most = settings.sse_max_per_key if limit is None else limit
     if settings.redis_url:
         ttl = max(3 * settings.sse_heartbeat_s, 5.0)
-        return RedisLimiter(settings.redis_url, settings.sse_max_per_key, ttl)
-    return LocalLimiter(settings.sse_max_per_key)
+        return RedisLimiter(settings.redis_url, most, ttl, prefix=prefix)
+    return LocalLimiter(most)

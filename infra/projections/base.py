@@ -15,7 +15,15 @@ Tables = Mapping[str, Table]
 
 
 class Projection(Protocol):
-    """A read model. ``apply`` runs inside the transaction that also moves the checkpoint."""
+    """A read model. ``apply`` runs inside the transaction that also moves the checkpoint.
+
+    Optional attributes: ``inline = False`` takes a projection off the command path (every
+    command otherwise waits until each projection includes its events; such a one is caught
+    up by the worker's loop and by its readers, see ``Projector.inline``); ``streams``, the
+    stream types whose events it reads (a command on any other stream does not wait for it);
+    and ``observe(events)`` shows a projection events it has already applied in another process,
+    so a cache it keeps in memory can follow along instead of reading the log again.
+    """
 
     name: str
 

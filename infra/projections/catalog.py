@@ -32,6 +32,8 @@ class StreamCatalog:
 
     name = "stream_catalog"
     tables = (stream_catalog,)
+    #: Off the command path: ``GET /v1/streams/{id}`` catches it up before reading.
+    inline = False
 
     def apply(self, conn: Connection, tables: Tables, events: Sequence[RecordedEvent]) -> None:
         table = tables["stream_catalog"]

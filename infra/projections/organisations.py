@@ -35,6 +35,7 @@ class OrganisationDirectory:
 
     name = "organisations"
     tables = (organisations,)
+    streams = frozenset({"organisation"})
 
     def apply(self, conn: Connection, tables: Tables, events: Sequence[RecordedEvent]) -> None:
         table = tables["organisations"]

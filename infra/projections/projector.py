@@ -14,12 +14,16 @@ import zlib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, text
+import structlog
+from sqlalchemy import Connection, bindparam, text
 
-from infra.db import Database
+from infra.db import Database, dialect_insert
 from infra.eventstore.store import SqlEventStore
 from infra.projections.base import Projection, Tables, live_tables
 from infra.schema import projection_checkpoints
+from services.ports import RecordedEvent
+
+log = structlog.get_logger("concord.projections")
 
 
 class ProjectionTimeout(Exception):
@@ -41,24 +45,158 @@ class Projector:
         self.store = store
         self.projections = {p.name: p for p in projections}
         self.batch_size = batch_size
+        #: The projections a command brings up to date before it answers (read-your-writes).
+        #: The others (``inline = False``) are caught up by the worker's loop and by the
+        #: readers that need them, so no command waits for them.
+        self.inline = [p.name for p in projections if getattr(p, "inline", True)]
+        self._inline_for: dict[str, list[str]] = {}
+        #: How far this process has seen the log: events up to here reached ``observe``
+        #: or ``apply``. A page read from here shows the projections what other processes
+        #: applied meanwhile, so what they keep in memory stays warm.
+        self._seen = 0
+        #: The checkpoint each projection is known to have reached (checkpoints only move
+        #: forward), and one lock per projection for this process's threads.
+        self._known: dict[str, int] = {}
+        self._together = threading.Lock()
 
     # -- catching up -----------------------------------------------------------------------
 
     def catch_up(self, until: int | None = None, names: Sequence[str] | None = None) -> int:
         """Apply events to each projection until it reaches ``until`` (default: the head).
 
-        Returns the number of events applied by this call.
+        Returns the number of events applied by this call. The projections move together:
+        one read of the log's next page and one transaction (one commit) apply it to every
+        projection behind, instead of a read and a commit per projection. Threads of one
+        process take turns, and one that finds every projection already past ``until``
+        (another thread applied a page holding its events too) returns without a query:
+        under many concurrent commands, one catch-up serves them all. Should the shared
+        transaction fail, the projections are tried one at a time, so one broken projection
+        cannot hold the others back.
         """
+        wanted = self._behind(names, until)
+        if not wanted:
+            return 0
+        with self._together:
+            wanted = self._behind(names, until)
+            if not wanted:
+                return 0
+            try:
+                return self._catch_up_together(wanted, until)
+            except Exception:
+                if len(wanted) == 1:
+                    raise
+                log.warning("projections failed together; catching up one at a time")
+            return sum(self._catch_up_alone(name, until) for name in wanted)
+
+    def inline_for(self, stream_type: str) -> list[str]:
+        """The inline projections that read events of ``stream_type``: what a command on
+        such a stream must wait for (a projection that ignores them already shows them)."""
+        names = self._inline_for.get(stream_type)
+        if names is None:
+            names = [
+                name
+                for name in self.inline
+                if (streams := getattr(self.projections[name], "streams", None)) is None
+                or stream_type in streams
+            ]
+            self._inline_for[stream_type] = names
+        return names
+
+    def _behind(self, names: Sequence[str] | None, until: int | None) -> list[str]:
+        candidates = list(names or self.projections)
+        if until is None:
+            return candidates
+        return [n for n in candidates if self._known.get(n, 0) < until]
+
+    def _catch_up_together(self, names: list[str], until: int | None) -> int:
         applied = 0
-        for name in names or list(self.projections):
-            projection = self.projections[name]
-            tables = live_tables(projection)
-            while True:
-                position, count = self.step(projection, tables)
-                applied += count
-                if count == 0 or (until is not None and position >= until):
-                    break
-        return applied
+        tables = {name: live_tables(self.projections[name]) for name in names}
+        while True:
+            checkpoints = self.checkpoints(names)
+            start = min(checkpoints.values())
+            if until is not None and start >= until:
+                self._saw(checkpoints)
+                return applied
+            if 0 < start - self._seen <= self.batch_size // 2:
+                start = self._seen  # also read what others applied since this process looked
+            page = self.store.read_all(start, self.batch_size)
+            if not page:
+                self._saw(checkpoints)
+                return applied
+            reached: dict[str, int] = {}
+            with self.db.write() as conn:
+                current = self._lock_all(conn, names)
+                for name in names:
+                    self._observe(name, page, current[name])
+                    fresh = [e for e in page if (e.position or 0) > current[name]]
+                    reached[name] = current[name]
+                    if fresh:
+                        self.projections[name].apply(conn, tables[name], fresh)
+                        reached[name] = fresh[-1].position or current[name]
+                        applied += len(fresh)
+                self._save_all(conn, {n: p for n, p in reached.items() if p > current[n]})
+            self._saw(reached)
+            self._seen = max(self._seen, page[-1].position or 0)
+            if until is not None and min(reached.values()) >= until:
+                return applied
+
+    def _catch_up_alone(self, name: str, until: int | None) -> int:
+        applied = 0
+        projection = self.projections[name]
+        tables = live_tables(projection)
+        while True:
+            position, count = self.step(projection, tables)
+            self._saw({name: position})
+            applied += count
+            if count == 0 or (until is not None and position >= until):
+                return applied
+
+    def _observe(self, name: str, page: Sequence[RecordedEvent], checkpoint: int) -> None:
+        """Show a projection the events of ``page`` it has already applied (elsewhere)."""
+        observe = getattr(self.projections[name], "observe", None)
+        if observe is None:
+            return
+        known = [e for e in page if self._seen < (e.position or 0) <= checkpoint]
+        if known:
+            observe(known)
+
+    def _saw(self, checkpoints: dict[str, int]) -> None:
+        for name, position in checkpoints.items():
+            self._known[name] = max(self._known.get(name, 0), position)
+
+    def _save_all(self, conn: Connection, positions: dict[str, int]) -> None:
+        """Move several checkpoints in one statement (an upsert: a new projection's row too)."""
+        if not positions:
+            return
+        now = datetime.now(UTC)
+        rows = [{"name": n, "position": p, "updated_at": now} for n, p in positions.items()]
+        upsert = dialect_insert(conn, projection_checkpoints)
+        conn.execute(
+            upsert.values(rows).on_conflict_do_update(
+                index_elements=["name"],
+                set_={
+                    "position": upsert.excluded.position,
+                    "updated_at": upsert.excluded.updated_at,
+                },
+            )
+        )
+
+    def _lock_all(self, conn: Connection, names: list[str]) -> dict[str, int]:
+        """Take every named projection's lock (in one fixed order: no deadlock) and return
+        their checkpoints, in this transaction."""
+        if self.db.is_postgres:  # one round trip, the same order every time
+            keys = sorted(lock_key(name) for name in names)
+            calls = ", ".join(f"pg_advisory_xact_lock(:k{i})" for i in range(len(keys)))
+            conn.execute(text(f"SELECT {calls}"), {f"k{i}": k for i, k in enumerate(keys)})
+        rows: dict[str, int] = dict(
+            conn.execute(
+                text(
+                    "SELECT name, position FROM projection_checkpoints WHERE name IN :names"
+                ).bindparams(bindparam("names", expanding=True)),
+                {"names": names},
+            ).all()
+        )
+        return {name: int(rows.get(name, 0)) for name in names}
 
     def step(self, projection: Projection, tables: Tables) -> tuple[int, int]:
         """One transaction: apply the next page; return (checkpoint, events applied)."""
@@ -113,13 +251,7 @@ class Projector:
         return self.checkpoint(name, conn)
 
     def save(self, conn: Connection, name: str, position: int) -> None:
-        table = projection_checkpoints
-        now = datetime.now(UTC)
-        updated = conn.execute(
-            table.update().where(table.c.name == name).values(position=position, updated_at=now)
-        )
-        if updated.rowcount == 0:
-            conn.execute(table.insert().values(name=name, position=position, updated_at=now))
+        self._save_all(conn, {name: position})
 
     # -- running in the background ---------------------------------------------------------
 

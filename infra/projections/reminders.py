@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -12,8 +13,10 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Connection,
+    Executable,
     Index,
     Integer,
+    Result,
     String,
     Table,
     Uuid,
@@ -23,19 +26,23 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from infra.projections.base import Tables
 from infra.schema import UtcDateTime, metadata
+from services.invitations.model import STREAM_TYPE as INVITATION_STREAM
 from services.ports import RecordedEvent
 from services.reminders.rules import (
     CONSULTATION_STARTS,
     ENDORSEMENT_DEADLINE,
+    INVITEE,
     NOTICES,
     ORGANISATIONS,
     REGISTRATION,
     REGISTRATION_CLOSES,
+    SUBSCRIPTION_OWNER,
     Anchor,
     due_at,
     notice_key,
     reminder_key,
 )
+from services.webhooks.model import STREAM_TYPE as SUBSCRIPTION_STREAM
 
 Json = JSON().with_variant(JSONB(), "postgresql")
 
@@ -65,7 +72,8 @@ reminders = Table(
     metadata,
     Column("key", String(300), primary_key=True),
     Column("rule", String(64), nullable=False),
-    Column("consultation_id", Uuid, nullable=False),
+    #: NULL for a notice that is not about a consultation (a disabled webhook endpoint).
+    Column("consultation_id", Uuid, nullable=True),
     Column("statement_id", Uuid, nullable=True),
     Column("deadline", UtcDateTime(), nullable=True),
     Column("offset_s", Integer, nullable=True),
@@ -88,18 +96,28 @@ class ReminderSchedule:
 
     name = "reminders"
     tables = (reminder_consultations, reminder_statements, reminders)
+    #: Off the command path: the scheduler's tick and the schedule's readers catch it up.
+    inline = False
 
     def apply(self, conn: Connection, tables: Tables, events: Sequence[RecordedEvent]) -> None:
+        run = _Run(conn, tables)
         for event in events:
             if event.stream_type == "consultation":
-                self._consultation(conn, tables, event)
+                self._consultation(run, event)
             elif event.stream_type == "statement":
-                self._statement(conn, tables, event)
+                self._statement(run, event)
+            elif event.stream_type == SUBSCRIPTION_STREAM:
+                self._notice(run, event, None, None)
+            elif event.stream_type == INVITATION_STREAM:
+                # Neither the consultation (long held by now) nor the statement (whose
+                # finalising or reopening reschedules its own reminders) owns these rows.
+                self._notice(run, event, None, None)
+        run.flush()
 
     # -- consultations ---------------------------------------------------------------------
 
-    def _consultation(self, conn: Connection, tables: Tables, e: RecordedEvent) -> None:
-        table = tables["reminder_consultations"]
+    def _consultation(self, run: _Run, e: RecordedEvent) -> None:
+        table = run.tables["reminder_consultations"]
         data = e.data
         if e.type == "consultation.planned":
             state: dict[str, Any] = {
@@ -109,17 +127,18 @@ class ReminderSchedule:
                 "offsets": {},
                 "organiser_id": data["organiser_id"],
             }
-            conn.execute(
+            run.execute(
                 table.insert().values(
                     consultation_id=e.stream_id, timezone=data["timezone"], state=state
                 )
             )
-            self._schedule_consultation(conn, tables, e, data["timezone"], state)
+            run.consultations[e.stream_id] = (data["timezone"], state)
+            self._schedule_consultation(run, e, data["timezone"], state)
             return
-        row = conn.execute(select(table).where(table.c.consultation_id == e.stream_id)).first()
-        if row is None:
+        known = self._consultation_state(run, e.stream_id)
+        if known is None:
             return
-        timezone, state = row.timezone, dict(row.state)
+        timezone, state = known
         changed = True
         match e.type:
             case "consultation.revised":
@@ -140,26 +159,26 @@ class ReminderSchedule:
             case _:
                 changed = False
         if changed:
-            conn.execute(
+            run.execute(
                 table.update()
                 .where(table.c.consultation_id == e.stream_id)
                 .values(timezone=timezone, state=state)
             )
-            self._schedule_consultation(conn, tables, e, timezone, state)
+            run.consultations[e.stream_id] = (timezone, state)
+            self._schedule_consultation(run, e, timezone, state)
             if e.type == "consultation.reminders_configured":
-                self._reschedule_statements(conn, tables, e, timezone, state)
-        self._notice(conn, tables, e, e.stream_id, None)
+                self._reschedule_statements(run, e, timezone, state)
+        self._notice(run, e, e.stream_id, None)
 
     def _schedule_consultation(
         self,
-        conn: Connection,
-        tables: Tables,
+        run: _Run,
         e: RecordedEvent,
         timezone: str,
         state: Mapping[str, Any],
     ) -> None:
-        rows = tables["reminders"]
-        conn.execute(
+        rows = run.tables["reminders"]
+        run.execute(
             rows.delete().where(
                 rows.c.consultation_id == e.stream_id,
                 rows.c.statement_id.is_(None),
@@ -174,58 +193,60 @@ class ReminderSchedule:
         ):
             if deadline is not None:
                 self._insert_reminders(
-                    conn, tables, e, anchor, e.stream_id, None, _time(deadline), timezone, state
+                    run, e, anchor, e.stream_id, None, _time(deadline), timezone, state
                 )
 
     # -- statements ------------------------------------------------------------------------
 
-    def _statement(self, conn: Connection, tables: Tables, e: RecordedEvent) -> None:
-        table = tables["reminder_statements"]
+    def _statement(self, run: _Run, e: RecordedEvent) -> None:
+        table = run.tables["reminder_statements"]
         if e.type == "statement.drafting_started":
-            conn.execute(
+            held_by = UUID(e.data["consultation_id"])
+            run.execute(
                 table.insert().values(
-                    statement_id=e.stream_id,
-                    consultation_id=UUID(e.data["consultation_id"]),
-                    deadline=None,
+                    statement_id=e.stream_id, consultation_id=held_by, deadline=None
                 )
             )
+            run.statements[e.stream_id] = held_by
             return
-        row = conn.execute(select(table).where(table.c.statement_id == e.stream_id)).first()
-        if row is None:
+        if e.stream_id not in run.statements:
+            run.statements[e.stream_id] = run.execute(
+                select(table.c.consultation_id).where(table.c.statement_id == e.stream_id)
+            ).scalar()
+        consultation_id = run.statements[e.stream_id]
+        if consultation_id is None:
             return
         if e.type in ("statement.finalised", "statement.reopened", "statement.endorsements_closed"):
             deadline = (
                 _time(e.data["endorsement_deadline"]) if e.type == "statement.finalised" else None
             )
-            conn.execute(
+            run.execute(
                 table.update().where(table.c.statement_id == e.stream_id).values(deadline=deadline)
             )
-            consultation = self._consultation_state(conn, tables, row.consultation_id)
+            consultation = self._consultation_state(run, consultation_id)
             if consultation is not None:
                 timezone, state = consultation
                 self._schedule_statement(
-                    conn, tables, e, e.stream_id, row.consultation_id, deadline, timezone, state
+                    run, e, e.stream_id, consultation_id, deadline, timezone, state
                 )
-        self._notice(conn, tables, e, row.consultation_id, e.stream_id)
+        self._notice(run, e, consultation_id, e.stream_id)
 
     def _reschedule_statements(
         self,
-        conn: Connection,
-        tables: Tables,
+        run: _Run,
         e: RecordedEvent,
         timezone: str,
         state: Mapping[str, Any],
     ) -> None:
-        table = tables["reminder_statements"]
-        for row in conn.execute(select(table).where(table.c.consultation_id == e.stream_id)):
+        table = run.tables["reminder_statements"]
+        for row in run.execute(select(table).where(table.c.consultation_id == e.stream_id)):
             self._schedule_statement(
-                conn, tables, e, row.statement_id, e.stream_id, row.deadline, timezone, state
+                run, e, row.statement_id, e.stream_id, row.deadline, timezone, state
             )
 
     def _schedule_statement(
         self,
-        conn: Connection,
-        tables: Tables,
+        run: _Run,
         e: RecordedEvent,
         statement_id: UUID,
         consultation_id: UUID,
@@ -233,12 +254,11 @@ class ReminderSchedule:
         timezone: str,
         state: Mapping[str, Any],
     ) -> None:
-        rows = tables["reminders"]
-        conn.execute(rows.delete().where(rows.c.statement_id == statement_id))
+        rows = run.tables["reminders"]
+        run.execute(rows.delete().where(rows.c.statement_id == statement_id))
         if deadline is not None:
             self._insert_reminders(
-                conn,
-                tables,
+                run,
                 e,
                 ENDORSEMENT_DEADLINE,
                 consultation_id,
@@ -251,16 +271,20 @@ class ReminderSchedule:
     # -- rows ------------------------------------------------------------------------------
 
     def _consultation_state(
-        self, conn: Connection, tables: Tables, consultation_id: UUID
+        self, run: _Run, consultation_id: UUID
     ) -> tuple[str, dict[str, Any]] | None:
-        table = tables["reminder_consultations"]
-        row = conn.execute(select(table).where(table.c.consultation_id == consultation_id)).first()
+        """What a consultation's reminders hang on (read once per batch of events)."""
+        if consultation_id in run.consultations:
+            known = run.consultations[consultation_id]
+            return (known[0], dict(known[1])) if known is not None else None
+        table = run.tables["reminder_consultations"]
+        row = run.execute(select(table).where(table.c.consultation_id == consultation_id)).first()
+        run.consultations[consultation_id] = (row.timezone, row.state) if row is not None else None
         return (row.timezone, dict(row.state)) if row is not None else None
 
     def _insert_reminders(
         self,
-        conn: Connection,
-        tables: Tables,
+        run: _Run,
         e: RecordedEvent,
         anchor: Anchor,
         consultation_id: UUID,
@@ -291,14 +315,13 @@ class ReminderSchedule:
             for offset in offsets
         ]
         if values:
-            conn.execute(tables["reminders"].insert(), values)
+            run.execute(run.tables["reminders"].insert(), values)
 
     def _notice(
         self,
-        conn: Connection,
-        tables: Tables,
+        run: _Run,
         e: RecordedEvent,
-        consultation_id: UUID,
+        consultation_id: UUID | None,
         statement_id: UUID | None,
     ) -> None:
         notice = NOTICES.get(e.type)
@@ -315,21 +338,49 @@ class ReminderSchedule:
             if not ids:
                 return
             audience["organisation_ids"] = list(ids)
-        conn.execute(
-            tables["reminders"]
-            .insert()
-            .values(
-                key=notice_key(notice.name, e.id),
-                rule=notice.name,
-                consultation_id=consultation_id,
-                statement_id=statement_id,
-                deadline=None,
-                offset_s=None,
-                due_at=e.recorded_at,
-                audience=audience,
-                position=e.position or 0,
-            )
+        elif notice.audience == SUBSCRIPTION_OWNER:
+            audience["subscription_id"] = e.data["subscription_id"]
+            audience["status_code"] = e.data.get("status_code")
+        elif notice.audience == INVITEE:
+            audience["invitation_id"] = e.data["invitation_id"]
+            audience["statement_id"] = e.data["statement_id"]
+            audience["generation"] = e.data["generation"]
+        run.notices.append(
+            {
+                "key": notice_key(notice.name, e.id),
+                "rule": notice.name,
+                "consultation_id": consultation_id,
+                "statement_id": statement_id,
+                "deadline": None,
+                "offset_s": None,
+                "due_at": e.recorded_at,
+                "audience": audience,
+                "position": e.position or 0,
+            }
         )
+
+
+@dataclass
+class _Run:
+    """One :meth:`ReminderSchedule.apply`: its connection, the subjects it has read (a
+    hot statement's endorsements or a consultation's registrations read their row once), and
+    the notices it has yet to write — one insert for a run of them, written before any other
+    statement (a reschedule deletes a statement's rows, notices included) and at the end."""
+
+    conn: Connection
+    tables: Tables
+    consultations: dict[UUID, tuple[str, dict[str, Any]] | None] = field(default_factory=dict)
+    statements: dict[UUID, UUID | None] = field(default_factory=dict)
+    notices: list[dict[str, Any]] = field(default_factory=list)
+
+    def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
+        self.flush()
+        return self.conn.execute(statement, parameters)
+
+    def flush(self) -> None:
+        if self.notices:
+            self.conn.execute(self.tables["reminders"].insert(), self.notices)
+            self.notices = []
 
 
 def _time(value: str | datetime) -> datetime:

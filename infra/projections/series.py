@@ -35,6 +35,7 @@ class SeriesViews:
 
     name = "series"
     tables = (series,)
+    streams = frozenset({"series"})
 
     def __init__(self, store: EventStore) -> None:
         self.store = store

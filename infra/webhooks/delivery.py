@@ -27,24 +27,31 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 import httpx
 import orjson
 import structlog
-from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, text, update
 
 from infra.db import Database
 from infra.eventstore.store import SqlEventStore
 from infra.integration.contract import cloudevent
+from infra.personal import has_marker
 from infra.schema import api_keys
 from infra.settings import Settings
 from infra.webhooks import signing
 from infra.webhooks.guard import AllowList, Resolve, system_resolve
-from infra.webhooks.relay import NAME
+from infra.webhooks.relay import DELIVER, NAME
 from infra.webhooks.sender import Answer, post
-from infra.webhooks.tables import webhook_attempts, webhook_deliveries, webhook_subscriptions
+from infra.webhooks.tables import (
+    WAITING,
+    webhook_attempts,
+    webhook_deliveries,
+    webhook_subscriptions,
+)
 from services.bus import CommandBus
 from services.ports import Metadata, RecordedEvent
 from services.webhooks import policy
@@ -61,6 +68,51 @@ CONTENT_TYPE = "application/cloudevents+json"
 NUDGE = timedelta(seconds=60)
 #: Characters of an endpoint's answer kept per attempt.
 KEPT_BODY = 2000
+#: Events read at once for a run's next deliveries.
+EVENTS_PER_READ = 100
+
+
+# The hot path's statements, built once (building and keying a statement per call cost more
+# than running it); each call only binds values.
+_D, _S = webhook_deliveries, webhook_subscriptions
+_SUBSCRIPTION = (
+    select(_S, api_keys.c.revoked_at)
+    .outerjoin(api_keys, api_keys.c.id == _S.c.owner_key_id)
+    .where(_S.c.id == bindparam("b_sub"))
+)
+_HEAD = (
+    select(_D)
+    .where(_D.c.subscription_id == bindparam("b_sub"), text(f"webhook_deliveries.{WAITING}"))
+    .order_by(_D.c.position)
+    .limit(1)
+)
+_TAKE = (
+    update(_D)
+    .where(
+        _D.c.id == bindparam("b_id"),
+        _D.c.status == bindparam("b_status"),
+        _D.c.attempts == bindparam("b_attempts"),
+        _D.c.round == bindparam("b_round"),
+    )
+    .values(
+        status="sending",
+        claim_token=bindparam("b_token", type_=_D.c.claim_token.type),
+        claimed_until=bindparam("b_until", type_=_D.c.claimed_until.type),
+        attempts=bindparam("b_next", type_=_D.c.attempts.type),
+        updated_at=bindparam("b_now", type_=_D.c.updated_at.type),
+    )
+)
+_ATTEMPT = webhook_attempts.insert()
+
+
+@cache
+def _outcome(columns: frozenset[str]) -> Any:
+    """UPDATE of a held delivery (id and claim token) setting ``columns``."""
+    return (
+        update(_D)
+        .where(_D.c.id == bindparam("b_id"), _D.c.claim_token == bindparam("b_token"))
+        .values({c: bindparam(f"v_{c}", type_=_D.c[c].type) for c in sorted(columns)})
+    )
 
 
 def utcnow() -> datetime:
@@ -100,6 +152,7 @@ class Deliverer:
         resolve: Resolve = system_resolve,
         transport: httpx.BaseTransport | None = None,
         allow: AllowList | None = None,
+        requeue: Callable[[UUID], object] | None = None,
     ) -> None:
         self.db = db
         self.store = store
@@ -110,11 +163,14 @@ class Deliverer:
         self.random = random
         self.resolve = resolve
         self.transport = transport
+        #: Asks for another run of a subscription (enqueues ``webhooks.deliver``).
+        self.requeue = requeue
         self.allow = allow or AllowList.parse(settings.webhook_allow_hosts)
         self.timeout_s = settings.webhook_timeout_s
         #: A claim outlives any attempt: connect, send, read (bounded by the sender).
         self.lease = timedelta(seconds=3 * settings.webhook_timeout_s + 10)
         self.disable_after = timedelta(seconds=settings.webhook_disable_after_s)
+        self._events: dict[int, RecordedEvent] = {}
 
     # -- the scheduler's scan ----------------------------------------------------------------
 
@@ -123,7 +179,7 @@ class Deliverer:
         nudged in the last minute; marks them nudged."""
         now = self.clock()
         d, s = webhook_deliveries, webhook_subscriptions
-        waiting = d.c.status.in_(("pending", "sending"))
+        waiting = text(f"webhook_deliveries.{WAITING}")  # as the partial index says it
         heads = (
             select(d.c.subscription_id, func.min(d.c.position).label("position"))
             .where(waiting)
@@ -163,89 +219,94 @@ class Deliverer:
 
     def run(self, subscription_id: UUID, *, budget: int = 100) -> int:
         """Send what is due for one subscription, in order, until something fails, nothing
-        is due or ``budget`` deliveries are done; returns how many were finished."""
+        is due or ``budget`` deliveries are done; returns how many were finished.
+
+        A run that used its whole budget asks for the next run at once (``requeue``), behind
+        the other subscriptions' runs already queued, instead of leaving the rest of a burst
+        to the scheduler's scan.
+        """
         self.catch_up()
         finished = 0
+        again = False
         try:
-            while finished < budget:
-                claim = self.claim(subscription_id)
-                if claim is None or not self.attempt(claim):
+            claim = self.claim(subscription_id)
+            while claim is not None:
+                # The next head is claimed in the transaction that records this one's success
+                # (one transaction per delivery), unless the budget ends with this one.
+                moved, chained, following = self._attempt(claim, then=finished + 1 < budget)
+                if not moved:
                     break
                 finished += 1
+                if finished >= budget:
+                    break
+                claim = following if chained else self.claim(subscription_id)
+            again = finished >= budget and self.requeue is not None
         finally:
             with self.db.write() as conn:
                 conn.execute(
                     update(webhook_subscriptions)
                     .where(webhook_subscriptions.c.id == subscription_id)
-                    .values(nudged_until=None)
+                    .values(nudged_until=self.clock() + NUDGE if again else None)
                 )
+        if again:
+            assert self.requeue is not None
+            self.requeue(subscription_id)
         return finished
 
     def claim(self, subscription_id: UUID) -> Claim | None:
         """Take the subscription's head delivery if it is due and nobody holds it."""
-        now = self.clock()
-        d, s = webhook_deliveries, webhook_subscriptions
         with self.db.write() as conn:
-            sub = conn.execute(select(s).where(s.c.id == subscription_id)).first()
-            if sub is None or sub.status != "active":
-                return None
-            revoked = conn.execute(
-                select(api_keys.c.revoked_at).where(api_keys.c.id == sub.owner_key_id)
-            ).scalar()
-            if revoked is not None:
-                return None  # a revoked key's subscriptions wait (an admin may delete them)
-            head = conn.execute(
-                select(d)
-                .where(
-                    d.c.subscription_id == subscription_id, d.c.status.in_(("pending", "sending"))
-                )
-                .order_by(d.c.position)
-                .limit(1)
-            ).first()
-            if head is None:
-                return None
-            due = head.next_attempt_at is not None and head.next_attempt_at <= now
-            expired = head.status == "sending" and (
-                head.claimed_until is None or head.claimed_until <= now
+            return self._claim(conn, subscription_id)
+
+    def _claim(self, conn: Connection, subscription_id: UUID) -> Claim | None:
+        now = self.clock()
+        sub = conn.execute(_SUBSCRIPTION, {"b_sub": subscription_id}).first()
+        if sub is None or sub.status != "active":
+            return None
+        if sub.revoked_at is not None:
+            return None  # a revoked key's subscriptions wait (an admin may delete them)
+        head = conn.execute(_HEAD, {"b_sub": subscription_id}).first()
+        if head is None:
+            return None
+        due = head.next_attempt_at is not None and head.next_attempt_at <= now
+        expired = head.status == "sending" and (
+            head.claimed_until is None or head.claimed_until <= now
+        )
+        if not (due if head.status == "pending" else expired):
+            return None
+        token = uuid4()
+        taken = conn.execute(
+            _TAKE,
+            {
+                "b_id": head.id,
+                "b_status": head.status,
+                "b_attempts": head.attempts,
+                "b_round": head.round,
+                "b_token": token,
+                "b_until": now + self.lease,
+                "b_next": head.attempts + 1,
+                "b_now": now,
+            },
+        )
+        if taken.rowcount != 1:
+            return None
+        if expired:
+            # The worker that held it stopped mid-attempt (killed, or lost its database).
+            _log_attempt(
+                conn,
+                head.id,
+                head.attempts,
+                head.round,
+                head.updated_at,
+                Answer(None, {}, b"", "interrupted: the worker stopped mid-attempt", 0),
             )
-            if not (due if head.status == "pending" else expired):
-                return None
-            token = uuid4()
-            taken = conn.execute(
-                update(d)
-                .where(
-                    d.c.id == head.id,
-                    d.c.status == head.status,
-                    d.c.attempts == head.attempts,
-                    d.c.round == head.round,
-                )
-                .values(
-                    status="sending",
-                    claim_token=token,
-                    claimed_until=now + self.lease,
-                    attempts=head.attempts + 1,
-                    updated_at=now,
-                )
-            )
-            if taken.rowcount != 1:
-                return None
-            if expired:
-                # The worker that held it stopped mid-attempt (killed, or lost its database).
-                _log_attempt(
-                    conn,
-                    head.id,
-                    head.attempts,
-                    head.round,
-                    head.updated_at,
-                    Answer(None, {}, b"", "interrupted: the worker stopped mid-attempt", 0),
-                )
-            secrets = [sub.secret]
-            if (
-                sub.previous_secret
-                and sub.previous_secret_expires_at is not None
-                and sub.previous_secret_expires_at > now
-            ):
-                secrets.append(sub.previous_secret)
+        secrets = [sub.secret]
+        if (
+            sub.previous_secret
+            and sub.previous_secret_expires_at is not None
+            and sub.previous_secret_expires_at > now
+        ):
+            secrets.append(sub.previous_secret)
         return Claim(
             delivery_id=head.id,
             token=token,
@@ -264,13 +325,18 @@ class Deliverer:
         """Send one claimed delivery and record the outcome; True if the queue may move on
         (delivered, or given up), False if it must wait (a retry is scheduled, or the
         endpoint was disabled)."""
+        return self._attempt(claim)[0]
+
+    def _attempt(self, claim: Claim, *, then: bool = False) -> tuple[bool, bool, Claim | None]:
+        """:meth:`attempt`; with ``then``, a delivered one's record also claims the next head:
+        (may move on, whether the next head was claimed, the next claim)."""
         started = self.clock()
         event = self._event(claim)
         if event is None:
             answer = Answer(None, {}, b"", f"event {claim.event_id} is not in the log", 0)
         else:
             answer = self.send(claim, event)
-        return self.record(claim, answer, started)
+        return self._record(claim, answer, started, then=then)
 
     def send(self, claim: Claim, event: RecordedEvent) -> Answer:
         """One signed POST of the event as a CloudEvent (structured mode)."""
@@ -292,10 +358,18 @@ class Deliverer:
         )
 
     def record(self, claim: Claim, answer: Answer, started: datetime) -> bool:
+        return self._record(claim, answer, started)[0]
+
+    def _record(
+        self, claim: Claim, answer: Answer, started: datetime, *, then: bool = False
+    ) -> tuple[bool, bool, Claim | None]:
         now = self.clock()
         verdict = policy.verdict(answer.status_code)
         if verdict is policy.Verdict.DELIVERED:
-            held = self._finish(claim, answer, started, now, delivered=True)
+            following: list[Claim | None] = []
+            held = self._finish(
+                claim, answer, started, now, delivered=True, then=following if then else None
+            )
             log.info(
                 "webhook delivered",
                 subscription_id=str(claim.subscription_id),
@@ -303,7 +377,7 @@ class Deliverer:
                 status=answer.status_code,
                 recorded=held,
             )
-            return held
+            return held, bool(following), following[0] if following else None
         retry_after = (
             policy.parse_retry_after(_header(answer.headers, "retry-after"), now)
             if answer.status_code in policy.SLOW_DOWN
@@ -318,7 +392,7 @@ class Deliverer:
         episode = f"{claim.delivery_id}/{claim.round}/{claim.attempt}"
         if not self._holds(claim):
             self._finish(claim, answer, started, now, delivered=False, lost=True)
-            return False
+            return False, False, None
         if next_at is None:
             self.bus.handle(
                 SUBSCRIPTION,
@@ -371,15 +445,21 @@ class Deliverer:
             next_attempt_at=next_at.isoformat() if next_at else None,
             disabled=reason,
         )
-        return held and next_at is None and not disable
+        return held and next_at is None and not disable, False, None
 
     # -- helpers -----------------------------------------------------------------------------
 
     def _event(self, claim: Claim) -> RecordedEvent | None:
-        page = self.store.read_all(claim.position - 1, 1)
-        if page and page[0].id == claim.event_id:
-            return page[0]
-        return None
+        event = self._events.get(claim.position)
+        if event is None:
+            # The next events of the log in one read; kept for the rest of this run unless
+            # they carry personal data (read afresh each time: an erasure shows at once).
+            page = self.store.read_all(claim.position - 1, EVENTS_PER_READ)
+            self._events = {
+                e.position: e for e in page[1:] if e.position and not has_marker(e.data)
+            }
+            event = page[0] if page else None
+        return event if event is not None and event.id == claim.event_id else None
 
     def _holds(self, claim: Claim) -> bool:
         with self.db.read() as conn:
@@ -402,8 +482,10 @@ class Deliverer:
         next_at: datetime | None = None,
         failing_since: datetime | None = None,
         disabled: str | None = None,
+        then: list[Claim | None] | None = None,
     ) -> bool:
-        """Log the attempt and, if the claim still holds, its outcome; False if it did not."""
+        """Log the attempt and, if the claim still holds, its outcome; False if it did not.
+        ``then`` (delivered only): also claim the subscription's next head, into the list."""
         d, s = webhook_deliveries, webhook_subscriptions
         common: dict[str, Any] = {
             "claim_token": None,
@@ -419,23 +501,33 @@ class Deliverer:
         else:
             values = {**common, "status": "pending", "next_attempt_at": next_at}
         with self.db.write() as conn:
-            exists = conn.execute(select(d.c.id).where(d.c.id == claim.delivery_id)).first()
-            if exists is None:
-                return False  # the subscription was deleted meanwhile
-            _log_attempt(conn, claim.delivery_id, claim.attempt, claim.round, started, answer)
-            if lost:
-                return False
-            held = conn.execute(
-                update(d)
-                .where(d.c.id == claim.delivery_id, d.c.claim_token == claim.token)
-                .values(**values)
-            )
-            if held.rowcount != 1:
-                return False  # replayed, or taken over after our claim expired: theirs now
-            if delivered:
-                conn.execute(
-                    update(s).where(s.c.id == claim.subscription_id).values(failing_since=None)
+            held = None
+            if not lost:
+                held = conn.execute(
+                    _outcome(frozenset(values)),
+                    {
+                        "b_id": claim.delivery_id,
+                        "b_token": claim.token,
+                        **{f"v_{k}": v for k, v in values.items()},
+                    },
                 )
+            if held is None or held.rowcount != 1:
+                # Replayed, or taken over after our claim expired (theirs now), or deleted
+                # with its subscription: the attempt is logged if the delivery still exists.
+                exists = conn.execute(select(d.c.id).where(d.c.id == claim.delivery_id)).first()
+                if exists is not None:
+                    _log_attempt(
+                        conn, claim.delivery_id, claim.attempt, claim.round, started, answer
+                    )
+                return False
+            _log_attempt(conn, claim.delivery_id, claim.attempt, claim.round, started, answer)
+            if delivered:
+                if claim.failing_since is not None:  # the claim saw the subscription's state
+                    conn.execute(
+                        update(s).where(s.c.id == claim.subscription_id).values(failing_since=None)
+                    )
+                if then is not None:
+                    then.append(self._claim(conn, claim.subscription_id))
                 return True
             changes: dict[str, Any] = {"failing_since": failing_since}
             if disabled is not None:
@@ -457,18 +549,19 @@ def _log_attempt(
     answer: Answer,
 ) -> None:
     conn.execute(
-        webhook_attempts.insert().values(
-            delivery_id=delivery_id,
-            number=number,
-            round=round_,
-            started_at=started,
-            duration_ms=answer.duration_ms,
-            status_code=answer.status_code,
-            error=_clip(answer.error, 500),
-            response_body=_clip(answer.body.decode("utf-8", "replace"), KEPT_BODY)
+        _ATTEMPT,
+        {
+            "delivery_id": delivery_id,
+            "number": number,
+            "round": round_,
+            "started_at": started,
+            "duration_ms": answer.duration_ms,
+            "status_code": answer.status_code,
+            "error": _clip(answer.error, 500),
+            "response_body": _clip(answer.body.decode("utf-8", "replace"), KEPT_BODY)
             if answer.body
             else None,
-        )
+        },
     )
 
 
@@ -482,6 +575,10 @@ def _clip(text: str | None, length: int) -> str | None:
 
 def deliverer(system: System, **overrides: Any) -> Deliverer:
     """The deliverer of a bootstrapped system (``overrides``: clock, random, transport …)."""
+    relay = system.dispatcher.projections.get(NAME)
+    send = getattr(relay, "send", None)
+    if send is not None and "requeue" not in overrides:
+        overrides["requeue"] = lambda sid: send(DELIVER, {"subscription_id": str(sid)})
     return Deliverer(
         system.db,
         system.store,

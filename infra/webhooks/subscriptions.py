@@ -52,6 +52,8 @@ class Subscription:
     url: str
     event_types: tuple[str, ...] | None
     description: str | None
+    #: Who is told by e-mail when the endpoint is disabled (None: nobody is mailed).
+    contact_email: str | None
     status: str
     start_after: int
     failing_since: datetime | None
@@ -162,6 +164,7 @@ class Subscriptions:
         event_types: Sequence[str] | None = None,
         description: str | None = None,
         created_by: str | None = None,
+        contact_email: str | None = None,
     ) -> tuple[Subscription, str]:
         """A new active subscription for events after the current head, and its secret."""
         types = normalise_types(event_types)
@@ -177,6 +180,7 @@ class Subscriptions:
                     url=url,
                     event_types=list(types) if types is not None else None,
                     description=description,
+                    contact_email=contact_email,
                     status="active",
                     secret=secret,
                     start_after=self.store.head_position(),
@@ -213,6 +217,7 @@ class Subscriptions:
         url: str = UNSET,
         event_types: Sequence[str] | None = UNSET,
         description: str | None = UNSET,
+        contact_email: str | None = UNSET,
         status: str | None = None,
     ) -> Subscription | None:
         """Change what is given. ``status``: ``paused`` or ``active`` (which also re-enables a
@@ -225,6 +230,8 @@ class Subscriptions:
             values["event_types"] = list(types) if types is not None else None
         if description is not UNSET:
             values["description"] = description
+        if contact_email is not UNSET:
+            values["contact_email"] = contact_email
         now = self.clock()
         table = webhook_subscriptions
         with self.db.write() as conn:
@@ -449,6 +456,7 @@ def _subscription(row: Any) -> Subscription:
         url=row.url,
         event_types=tuple(row.event_types) if row.event_types is not None else None,
         description=row.description,
+        contact_email=row.contact_email,
         status=row.status,
         start_after=row.start_after,
         failing_since=row.failing_since,

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Uuid,
+    text,
 )
 
 from infra.schema import BigId, Json, UtcDateTime, metadata
@@ -25,6 +26,9 @@ from infra.schema import BigId, Json, UtcDateTime, metadata
 #: Subscription states: ``active`` (delivering), ``paused`` (by its owner; deliveries queue
 #: up), ``disabled`` (by us: 410 or days of failure; deliveries queue up until resumed).
 STATUSES = ("active", "paused", "disabled")
+#: Deliveries still to be sent (or being sent), as SQL with its constants written out: the
+#: partial index below is used only by queries that spell the condition the same way.
+WAITING = "status IN ('pending', 'sending')"
 
 webhook_subscriptions = Table(
     "webhook_subscriptions",
@@ -35,6 +39,8 @@ webhook_subscriptions = Table(
     #: Event types (plain or versioned public names) or NULL for every public type.
     Column("event_types", Json, nullable=True),
     Column("description", String(500), nullable=True),
+    #: Who is told by e-mail when the endpoint is disabled.
+    Column("contact_email", String(320), nullable=True),
     Column("status", String(16), nullable=False),
     #: ``whsec_…``; kept (not hashed) because the worker signs with it.
     Column("secret", String(128), nullable=False),
@@ -89,6 +95,15 @@ webhook_deliveries = Table(
     ),
     Index("ix_webhook_deliveries_subscription_id_position", "subscription_id", "position"),
     Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    # The head of each subscription's queue in one index step, however many deliveries it
+    # has behind it (the full index walks every delivered row first).
+    Index(
+        "ix_webhook_deliveries_waiting",
+        "subscription_id",
+        "position",
+        postgresql_where=text(WAITING),
+        sqlite_where=text(WAITING),
+    ),
 )
 
 #: Every HTTP attempt, with what the endpoint answered (the first bytes of its body only).

@@ -29,7 +29,8 @@ class ReminderSent(DomainEvent):
     key: str
     rule: str
     reminder_key: str
-    consultation_id: UUID
+    #: None for a message that is not about a consultation (a disabled webhook endpoint).
+    consultation_id: UUID | None
     statement_id: UUID | None
     recipient_kind: str
     recipient_id: UUID

@@ -7,7 +7,10 @@ Two kinds of message:
   below apply unless the consultation configures its own. "One day before" is one day before
   *in the consultation's time zone* (wall-clock arithmetic), per DOMAIN.md.
 * **Notices** follow one event at once: registration confirmed, waitlisted, promoted,
-  consultation rescheduled or cancelled, endorsement recorded or voided by a reopening.
+  consultation rescheduled or cancelled, endorsement recorded or voided by a reopening, and
+  (not about any consultation) a webhook endpoint disabled, to the subscription's contact, and
+  an invitation to endorse a statement (issued or resent), to the address it names, with the
+  link — derived when the message is rendered, so neither the outbox nor the log holds it.
 
 Every message has a key built from (rule, subject, deadline, recipient); the same key never
 produces a second message.
@@ -27,6 +30,8 @@ REGISTRATION = "registration"  # the one person a notice is about
 INCOMPLETE_SIGNUPS = "incomplete_signups"  # organiser + organisations not yet signed up
 NON_ENDORSERS = "non_endorsers"  # organisations that took part and have not endorsed
 ORGANISATIONS = "organisations"  # the organisations a notice names
+SUBSCRIPTION_OWNER = "subscription_owner"  # whoever answers for a webhook subscription
+INVITEE = "invitee"  # the address an invitation to endorse was sent to
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,9 @@ NOTICES: dict[str, Notice] = {
         Notice("consultation_cancelled", "consultation.cancelled", PARTICIPANTS, True),
         Notice("endorsement_recorded", "statement.endorsed", ORGANISATIONS),
         Notice("endorsements_voided", "statement.reopened", ORGANISATIONS),
+        Notice("webhook_endpoint_disabled", "webhook.endpoint_disabled", SUBSCRIPTION_OWNER),
+        Notice("invitation_sent", "invitation.issued", INVITEE),
+        Notice("invitation_resent", "invitation.resent", INVITEE),
     )
 }
 RULES: dict[str, Anchor | Notice] = {**ANCHORS, **{n.name: n for n in NOTICES.values()}}

@@ -236,6 +236,9 @@ class Statement:
     timezone: str = "UTC"
     #: Every endorsement ever made, in order, with its status (active, withdrawn, voided).
     endorsement_records: tuple[Endorsement, ...] = ()
+    #: Where each organisation's active endorsement is in ``endorsement_records``: deciding
+    #: or withdrawing on a statement with 10,000 signatories looks one up, never scans.
+    active_at: Mapping[UUID, int] = field(default_factory=dict)
     closed: bool = False
     compilation: Compilation | None = None
     published: Publication | None = None
@@ -353,14 +356,13 @@ def history(state: Statement, recommendation_id: UUID) -> tuple[Revision, ...]:
 
 def active_endorsements(state: Statement) -> tuple[Endorsement, ...]:
     """Endorsements that count, in the order they were made."""
-    return tuple(e for e in state.endorsement_records if e.active)
+    records = state.endorsement_records
+    return tuple(records[i] for i in sorted(state.active_at.values()))
 
 
 def active_endorsement_of(state: Statement, organisation_id: UUID) -> Endorsement | None:
-    for endorsement in state.endorsement_records:
-        if endorsement.organisation_id == organisation_id and endorsement.active:
-            return endorsement
-    return None
+    at = state.active_at.get(organisation_id)
+    return None if at is None else state.endorsement_records[at]
 
 
 def counts_by_country(state: Statement) -> dict[str, int]:
@@ -490,7 +492,12 @@ def evolve(state: Statement, event: DomainEvent) -> Statement:
                 organisation_kind=event.organisation_kind,
                 version=v,
             )
-            return replace(state, endorsement_records=(*state.endorsement_records, endorsement))
+            at = len(state.endorsement_records)
+            return replace(
+                state,
+                endorsement_records=(*state.endorsement_records, endorsement),
+                active_at={**state.active_at, event.organisation_id: at},
+            )
         case EndorsementWithdrawn():
             return _end_endorsements(state, {event.organisation_id}, WITHDRAWN, event.reason, v)
         case StatementReopened():
@@ -555,13 +562,16 @@ def _decided(
 def _end_endorsements(
     state: Statement, organisation_ids: set[UUID], how: str, reason: str | None, version: int
 ) -> Statement:
-    records = tuple(
-        replace(e, status=how, ended_version=version, reason=reason)
-        if e.active and e.organisation_id in organisation_ids
-        else e
-        for e in state.endorsement_records
-    )
-    return replace(state, endorsement_records=records)
+    ending = [(o, state.active_at[o]) for o in organisation_ids if o in state.active_at]
+    if not ending:
+        return state
+    records = list(state.endorsement_records)
+    for _, at in ending:
+        records[at] = replace(records[at], status=how, ended_version=version, reason=reason)
+    active_at = dict(state.active_at)
+    for organisation_id, _ in ending:
+        del active_at[organisation_id]
+    return replace(state, endorsement_records=tuple(records), active_at=active_at)
 
 
 # --- decide -------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ C = "/v1/consultations/{consultation_id}"
 R = C + "/registrations/{registration_id}"
 S = "/v1/statements/{statement_id}"
 W = "/v1/subscriptions/{subscription_id}"
+P = "/s/{statement_id}"
 
 #: (method, path template) -> the callers allowed through. Objects in the paths (and the
 #: ``organisation_id`` in bodies) belong to organisation A; "own" is A's key, "other" is B's.
@@ -114,6 +115,23 @@ ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", S + "/publish"): OWNER,
     ("POST", S + "/endorsements"): OWNER,
     ("DELETE", S + "/endorsements/{organisation_id}"): OWNER,
+    ("GET", S + "/endorsements/{organisation_id}/receipt"): OWNER,
+    # erasure: admins anyone; an organisation its own people (another's person is a 404, so
+    # nobody can probe who is known: the request reaches the handler)
+    ("POST", "/v1/people/erase"): frozenset({ADMIN, OWN_ORG, OTHER_ORG}),
+    # invitations to endorse by e-mail (for organisations without a key)
+    ("POST", S + "/invitations"): ORGANISERS,
+    ("GET", S + "/invitations"): ORGANISERS,
+    ("GET", S + "/invitations/{invitation_id}"): ORGANISERS,
+    ("POST", S + "/invitations/{invitation_id}/resend"): ORGANISERS,
+    ("POST", S + "/invitations/{invitation_id}/revoke"): ORGANISERS,
+    # public pages (HTML): no key is read; a sign-on page needs its link's token
+    ("GET", P): EVERYONE,
+    ("GET", P + "/live"): EVERYONE,
+    ("GET", P + "/sign/{token}"): EVERYONE,
+    ("POST", P + "/sign/{token}"): EVERYONE,
+    ("POST", P + "/sign/{token}/withdraw"): EVERYONE,
+    ("POST", P + "/sign/{token}/opened"): EVERYONE,
     # series
     ("POST", "/v1/series"): ORGANISERS,
     ("GET", "/v1/series/{series_id}"): PUBLIC,
@@ -122,6 +140,9 @@ ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/api-keys"): ADMINS,
     ("POST", "/v1/api-keys"): ADMINS,
     ("DELETE", "/v1/api-keys/{key_id}"): ADMINS,
+    # how a key is used: admins, and the organisation the key belongs to (the one in the paths
+    # is an organisation key of A)
+    ("GET", "/v1/api-keys/{key_id}/usage"): frozenset({ADMIN, OWN_ORG}),
     # webhook subscriptions (the one in the paths belongs to the integrator caller's key)
     ("POST", "/v1/subscriptions"): INTEGRATORS,
     ("GET", "/v1/subscriptions"): INTEGRATORS,
@@ -134,7 +155,13 @@ ACCESS: dict[tuple[str, str], frozenset[str]] = {
 }
 
 #: Served but left out of the schema; they must stay readable without a key.
-UNDOCUMENTED_PUBLIC = ("/openapi.json", "/docs", "/redoc")
+UNDOCUMENTED_PUBLIC = (
+    "/openapi.json",
+    "/docs",
+    "/redoc",
+    "/static/concord.css",  # the public pages' style and script
+    "/static/concord.js",
+)
 
 #: Cells where the app disagrees with ``ACCESS`` today: (method, path, caller) -> what it does.
 #: Each has a strict xfail test below that turns red once the app is fixed; then drop the entry.
@@ -153,6 +180,18 @@ NO_SUCCESS = {
     ("POST", S + "/publish"): "the statement is still a draft",
     ("POST", S + "/endorsements"): "the statement is not finalised",
     ("DELETE", S + "/endorsements/{organisation_id}"): "nothing endorsed yet",
+    ("GET", S + "/endorsements/{organisation_id}/receipt"): "nothing endorsed yet (404)",
+    ("POST", "/v1/people/erase"): "a person is erased once (then 409); another's is a 404",
+    ("POST", S + "/invitations"): "the statement is not finalised (409)",
+    ("GET", S + "/invitations/{invitation_id}"): "no such invitation (404)",
+    ("POST", S + "/invitations/{invitation_id}/resend"): "no such invitation (404)",
+    ("POST", S + "/invitations/{invitation_id}/revoke"): "no such invitation (404)",
+    ("GET", P): "the statement is a draft (404 page)",
+    ("GET", P + "/live"): "the statement is a draft (404)",
+    ("GET", P + "/sign/{token}"): "no such link (404 page)",
+    ("POST", P + "/sign/{token}"): "no such link (404 page)",
+    ("POST", P + "/sign/{token}/withdraw"): "no such link (404 page)",
+    ("POST", P + "/sign/{token}/opened"): "no such link (404 page)",
 }
 
 
@@ -196,6 +235,8 @@ class World:
             "job_id": str(uuid4()),
             "kind": "pdf",
             "subscription_id": self.subscription_id,
+            "invitation_id": str(uuid4()),
+            "token": "not-a-token-we-sent-" + uuid4().hex,
         }
 
 
@@ -291,7 +332,9 @@ def build_world(client: TestClient, keys: Keys) -> World:
     }
     spare_key = _created(
         client.post(
-            "/v1/api-keys", json={"name": "spare", "role": "integrator"}, headers=keys.admin
+            "/v1/api-keys",
+            json={"name": "spare", "role": "organisation", "organisation_id": org_a},
+            headers=keys.admin,
         )
     )["id"]
     statement = _created(
@@ -417,10 +460,15 @@ BODIES: dict[tuple[str, str], Callable[[World], Any]] = {
         "endorsement_deadline": (datetime.now(UTC) + timedelta(days=7)).isoformat()
     },
     ("POST", S + "/reopen"): lambda w: {"reason": "New facts"},
+    ("POST", S + "/invitations"): lambda w: {
+        "organisation_id": w.org_b,
+        "email": "coordinator@b.example",
+    },
     ("POST", S + "/endorsements"): lambda w: {
         "organisation_id": w.org_a,
         "signatory_name": "Hà Thị Minh Đức",
     },
+    ("POST", "/v1/people/erase"): lambda w: {"email": "delegate@a.example"},
 }
 
 

@@ -24,6 +24,7 @@ import httpx
 import pytest
 import uvicorn
 from httpx_sse import EventSource, ServerSentEvent, connect_sse
+from structlog.testing import capture_logs
 
 from api.main import create_app
 from infra.bootstrap import System
@@ -264,6 +265,7 @@ def wait_for_a_slot(client: httpx.Client, key: dict[str, str]) -> None:
         with stream(client, key) as again:
             if again.response.status_code == 200:
                 return
+            again.response.read()  # a refusal is a short problem body, read in full
             assert_too_many(again.response)
         assert time.monotonic() < deadline, "the slot was not released"
         time.sleep(0.1)
@@ -278,7 +280,12 @@ def test_a_key_may_hold_only_so_many_streams(system: System, keys: Keys) -> None
     ):
         first = open_stream(stack, client, key)
         open_stream(stack, client, key)
-        assert_too_many(client.get("/v1/events/stream", headers=key))
+        with capture_logs() as logs:
+            assert_too_many(client.get("/v1/events/stream", headers=key))
+        # The audit names the cap, not a budget (the key's read budget is far from used up).
+        (refused,) = [e for e in logs if e["event"] == "request refused"]
+        assert refused["status"] == 429
+        assert refused["reason"] == "limit of the route (e.g. open streams)"
         open_stream(stack, client, other)  # the cap is per key
         first.response.close()  # hang up one stream: its slot comes back
         wait_for_a_slot(client, key)

@@ -2,7 +2,9 @@
 
 Every operation in ``/openapi.json`` gets valid and invalid requests (Schemathesis' positive and
 negative modes), some of the valid ones aimed at real objects. Each response must not be a 5xx
-and must be what the schema documents: the status code, the content type and the body.
+and must be what the schema documents: the status code, the content type and the body; an
+invalid request must be refused with a 4xx (``negative_data_rejection``). Sequences of requests,
+and whether a key is enforced, are tests/e2e/test_fuzz_stateful.py.
 
 Anything known to be wrong would be tolerated one item at a time in ``KNOWN`` (empty today),
 each entry naming a test below that shows it on its own. Every other failure is reported with
@@ -14,88 +16,49 @@ Bounded and reproducible: a fixed seed, a few examples per operation, no example
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
 
 import hypothesis
 import pytest
-import schemathesis
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, Phase, given
+from hypothesis import given
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from schemathesis.core.failures import Failure, FailureGroup
-from schemathesis.openapi.checks import (
-    UndefinedContentType,
-    UndefinedStatusCode,
-)
-from schemathesis.python.asgi import shutdown_lifespans
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    negative_data_rejection,
     response_schema_conformance,
     status_code_conformance,
 )
 from structlog.testing import capture_logs
 
+from api.deps import ETAG_PATTERN
 from api.main import create_app
+from api.openapi import LINKS
 from infra.bootstrap import System, bootstrap
 from infra.settings import Settings
 from tests.e2e.conftest import Keys
-from tests.e2e.test_authorization_matrix import ADMIN, World, build_world
+from tests.e2e.fuzzing import SEED, Findings, Known, bounded, pinned, served_schema, streams
+from tests.e2e.test_authorization_matrix import ACCESS, ADMIN, ANONYMOUS, World, build_world
 
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
     content_type_conformance,
     response_schema_conformance,
+    # Invalid input (negative mode) must be refused with a 4xx, not done.
+    negative_data_rejection,
 ]
-SEED = 20_180_221
 #: Generated requests per operation (valid, invalid and aimed at real objects together).
 ADMIN_EXAMPLES = 12
 ANONYMOUS_EXAMPLES = 5
-#: Nothing in process should take long; a request that hangs (an endless stream) fails instead.
-REQUEST_TIMEOUT_S = 10
-#: A read asked for an ``X-Min-Position`` the log has not reached answers 503, as the contract
-#: says (possibly after waiting); pinned to a position the world has reached, so that "no 5xx"
-#: can stay absolute. Its missing documentation is ``test_reads_with_x_min_position_document_503``.
-MIN_POSITION = "1"
-#: Server-sent events never end, so a request/response fuzzer cannot read them.
-STREAMING = "text/event-stream"
 PROBLEM = "application/problem+json"
 
 
 # -- what is known to be wrong ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Seen:
-    """One thing a check objected to: a failed check, or an exception the app raised."""
-
-    operation: str
-    sqlite: bool
-    response: Any = None
-    failure: Failure | None = None
-    error: Exception | None = None
-
-    @property
-    def media_type(self) -> str:
-        values = self.response.headers.get("content-type") or [""]
-        return values[0].split(";")[0].strip()
-
-    def undocumented_status(self, *codes: int) -> bool:
-        return isinstance(self.failure, UndefinedStatusCode) and self.response.status_code in codes
-
-    def undocumented_media_type(self, media_type: str) -> bool:
-        return isinstance(self.failure, UndefinedContentType) and self.media_type == media_type
-
-
-@dataclass(frozen=True)
-class Known:
-    shown_by: str
-    matches: Callable[[Seen], bool]
 
 
 #: A timestamp without a UTC offset, as a JSON string.
@@ -104,22 +67,7 @@ NAIVE_TIMESTAMP = re.compile(r'"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?"')
 KNOWN: dict[str, Known] = {}
 
 
-def is_known(seen: Seen) -> bool:
-    return any(known.matches(seen) for known in KNOWN.values())
-
-
 # -- the run ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Finding:
-    operation: str
-    what: str
-    detail: str
-    reproduce: str
-
-    def __str__(self) -> str:
-        return f"{self.operation}: {self.what}\n  {self.detail}\n  {self.reproduce}"
 
 
 @pytest.fixture
@@ -129,99 +77,56 @@ def world(client: TestClient, keys: Keys) -> World:
 
 @pytest.fixture
 def api_schema(client: TestClient) -> Iterator[Any]:
-    """The schema as the app serves it; requests go to that app (the ``client`` fixture's
-    ``create_app(system, background=False)``) in process, on the back end under test."""
-    schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
-    yield schema
-    # Schemathesis keeps every app it started alive for the rest of the process; not this one.
-    shutdown_lifespans()
-
-
-def _streams(operation: Any) -> bool:
-    return any(
-        STREAMING in (response.definition.get("content") or {})
-        for _, response in operation.responses.items()
-    )
+    yield from served_schema(client)
 
 
 def _cases(operation: Any, world: World) -> st.SearchStrategy[Any]:
     """Valid and invalid requests, and valid ones whose path names real objects."""
-    pinned = (
-        {"X-Min-Position": MIN_POSITION}
-        if any(p.name.lower() == "x-min-position" for p in operation.headers)
-        else None
-    )
+    headers = pinned(operation)
     real = {p.name: world.ids[p.name] for p in operation.path_parameters if p.name in world.ids}
     options = [
-        operation.as_strategy(generation_mode=mode, headers=pinned) for mode in GenerationMode
+        operation.as_strategy(generation_mode=mode, headers=headers) for mode in GenerationMode
     ]
     if real:
         options.append(
             operation.as_strategy(
-                generation_mode=GenerationMode.POSITIVE, headers=pinned, path_parameters=real
+                generation_mode=GenerationMode.POSITIVE, headers=headers, path_parameters=real
             )
         )
     return st.one_of(options)
 
 
-def fuzz(
-    schema: Any, world: World, auth: dict[str, str], examples: int, sqlite: bool
-) -> list[Finding]:
+def fuzz(schema: Any, world: World, auth: dict[str, str], examples: int, sqlite: bool) -> Findings:
     """Run every operation; return what failed (once per kind), apart from ``KNOWN``."""
-    findings: dict[tuple[str, str], Finding] = {}
-
-    def record(seen: Seen, what: str, detail: str, case: Any) -> None:
-        key = (seen.operation, f"{what} {detail.splitlines()[0] if detail else ''}")
-        if key not in findings and not is_known(seen):
-            curl = case.as_curl_command(headers=auth)
-            findings[key] = Finding(seen.operation, what, detail[:400], curl)
-
+    findings = Findings(auth, sqlite, KNOWN)
+    # A run with a key sends it with every request, over any Authorization generated (or left
+    # out by a negative case, which the key would then turn valid): so none is generated.
+    schema.config.generation.with_security_parameters = not auth
     operations = [result.ok() for result in schema.get_all_operations()]
     for operation in operations:
-        if _streams(operation):
+        if streams(operation):
             continue
 
         @hypothesis.seed(SEED)
-        @hypothesis.settings(
-            max_examples=examples,
-            deadline=None,
-            database=None,
-            # Failures are collected, not raised, so there is nothing to shrink.
-            phases=[Phase.explicit, Phase.generate],
-            # Timed, so it could fail on a busy machine: about the generator, not the app.
-            suppress_health_check=[HealthCheck.too_slow],
-            print_blob=False,
-        )
+        @bounded(examples)
         @given(case=_cases(operation, world))
         def run(case: Any) -> None:
-            label = case.operation.label
-            try:
-                response = case.call(headers=auth, timeout=REQUEST_TIMEOUT_S)
-            except Exception as exc:  # the app raised: Starlette answered 500 and re-raised
-                seen = Seen(label, sqlite, error=exc)
-                record(seen, "unhandled exception (500)", repr(exc), case)
-                return
-            try:
-                case.validate_response(response, checks=CHECKS, headers=auth)
-            except FailureGroup as group:
-                for failure in group.exceptions:
-                    seen = Seen(label, sqlite, response=response, failure=failure)
-                    record(seen, failure.title, failure.message, case)
+            findings.call(case, CHECKS)
 
         # A 500 is logged with its traceback; capturing skips rendering it (slow and noisy).
         with capture_logs():
             run()
-    return list(findings.values())
+    return findings
 
 
 def test_generated_requests_as_admin(api_schema: Any, world: World, system: System) -> None:
     findings = fuzz(api_schema, world, world.headers[ADMIN], ADMIN_EXAMPLES, system.db.is_sqlite)
-    assert not findings, "\n".join(map(str, findings))
+    assert not findings, str(findings)
 
 
 def test_generated_requests_without_a_key(api_schema: Any, world: World, system: System) -> None:
     findings = fuzz(api_schema, world, {}, ANONYMOUS_EXAMPLES, system.db.is_sqlite)
-    assert not findings, "\n".join(map(str, findings))
+    assert not findings, str(findings)
 
 
 def test_every_known_item_names_a_test_here() -> None:
@@ -261,6 +166,73 @@ def test_error_responses_are_documented_as_problem_json(openapi: dict[str, Any])
         if status.startswith("4") and PROBLEM not in response.get("content", {PROBLEM: None})
     ]
     assert not wrong, wrong
+
+
+def test_operations_that_need_a_key_say_so(openapi: dict[str, Any]) -> None:
+    """Only those: a public read takes a key but needs none (``ignored_auth`` probes the others,
+    test_fuzz_stateful.py). Who may call what is the authorization matrix's table."""
+    # Public once published: a draft needs a key (the matrix's world holds a draft).
+    sometimes = {
+        "GET /v1/statements/{statement_id}",
+        "GET /v1/statements/{statement_id}/endorsements",
+    }
+    wrong = [
+        name
+        for name, operation in _operations(openapi)
+        if name.split()[1].startswith("/v1/")
+        and (operation["security"] == [{"apiKey": []}])
+        != (ANONYMOUS not in ACCESS[tuple(name.split())] and name not in sometimes)  # type: ignore[index]
+    ]
+    assert not wrong, wrong
+
+
+def test_no_parameter_is_documented_as_null(openapi: dict[str, Any]) -> None:
+    """A header or query parameter is left out, never null (a client would send "null")."""
+    nullable = [
+        (name, parameter["name"])
+        for name, operation in _operations(openapi)
+        for parameter in operation.get("parameters", [])
+        if {"type": "null"} in parameter["schema"].get("anyOf", [])
+        or parameter["schema"].get("type") == "null"
+    ]
+    assert not nullable, nullable
+
+
+def test_if_match_documents_the_etags_it_takes(openapi: dict[str, Any]) -> None:
+    documented = {
+        parameter["schema"].get("pattern")
+        for _, operation in _operations(openapi)
+        for parameter in operation.get("parameters", [])
+        if parameter["name"] == "If-Match"
+    }
+    assert documented == {ETAG_PATTERN}
+
+
+def test_every_link_is_in_the_schema(openapi: dict[str, Any]) -> None:
+    """A link on a status the operation does not document would be dropped without a word."""
+    missing = [
+        (method, path, status, name)
+        for (method, path, status), links in LINKS.items()
+        for name, link in links.items()
+        if not link["parameters"].items()
+        <= openapi["paths"][path][method]["responses"]
+        .get(status, {})
+        .get("links", {})
+        .get(name, {"parameters": {}})["parameters"]
+        .items()
+    ]
+    assert not missing, missing
+
+
+def test_links_carry_the_version_and_the_position(openapi: dict[str, Any]) -> None:
+    """A change follows a create with its ETag in If-Match, a read with its X-Event-Position in
+    X-Min-Position: what a client must send not to overwrite, and to see its own write."""
+    links = openapi["paths"]["/v1/consultations"]["post"]["responses"]["201"]["links"]
+    assert links["ReviseConsultation"]["parameters"]["header.If-Match"] == "$response.header.ETag"
+    assert (
+        links["GetConsultation"]["parameters"]["header.x-min-position"]
+        == "$response.header.X-Event-Position"
+    )
 
 
 def test_the_calendar_is_documented_as_text_calendar(openapi: dict[str, Any]) -> None:

@@ -186,7 +186,12 @@ def test_events_appended_is_the_head_of_the_log(
 def test_projection_lag_in_events_and_seconds(
     client: TestClient, admin: dict, system: System
 ) -> None:
-    _register(client, admin)  # commands bring the projections up to date before answering
+    _register(client, admin)  # the command brings the projections of its stream up to date
+    assert (
+        scrape(client, admin).value("concord_projection_lag_events", projection="organisations")
+        == 0
+    )
+    system.projector.catch_up()  # … and the worker's loop the others
     caught_up = scrape(client, admin)
     for name in system.projector.projections:
         assert caught_up.value("concord_projection_lag_events", projection=name) == 0, name

@@ -185,6 +185,22 @@ def test_if_match_makes_an_update_conditional(client: TestClient, keys: Keys) ->
     assert unknown.status_code == 404
 
 
+@pytest.mark.parametrize("tag", ["1", "'1'", '""1""', '"1', '"\u00b9"', '"1.0"', '"1e0"', "*1"])
+def test_if_match_takes_only_an_etag_we_issued(client: TestClient, keys: Keys, tag: str) -> None:
+    """RFC 9110's entity tag, a quoted version, as the header's documented pattern says. The
+    server used to take anything that stripped down to digits (``1``, ``""1``, ``"¹"``), which
+    no pattern a client or a request generator can read described."""
+    organiser = keys.organiser
+    url = f"/v1/organisations/{register(client, organiser)['id']}"
+    headers = {**organiser, "If-Match": tag.encode("latin-1")}
+    refused = client.patch(url, json={"acronym": "x"}, headers=headers)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["type"].endswith("/bad-if-match")
+    for issued in ('"1"', 'W/"1"', "*"):
+        again = client.patch(url, json={"acronym": "x"}, headers={**organiser, "If-Match": issued})
+        assert again.status_code in (200, 412), (issued, again.text)
+
+
 def test_an_idempotency_key_replays_the_first_response(client: TestClient, keys: Keys) -> None:
     headers = {**keys.organiser, "Idempotency-Key": "register-hrwg-1"}
     first = client.post("/v1/organisations", json=HRWG, headers=headers)

@@ -192,6 +192,29 @@ def test_patch_pauses_resumes_and_changes_what_is_given(client: TestClient, keys
     assert resumed.json()["url"] == "https://hooks.example.org/v2"
 
 
+def test_a_contact_address_is_kept_checked_changed_and_cleared(
+    client: TestClient, keys: Keys
+) -> None:
+    integrator = keys.integrator
+    sub = create(client, integrator, contact_email="ops@crm.example")
+    assert sub["contact_email"] == "ops@crm.example"
+    url = f"/v1/subscriptions/{sub['id']}"
+    assert client.get(url, headers=integrator).json()["contact_email"] == "ops@crm.example"
+    bad = client.post(
+        "/v1/subscriptions",
+        json={"url": "https://hooks.example.org/in", "contact_email": "not an address"},
+        headers=integrator,
+    )
+    assert bad.status_code == 422 and bad.headers["content-type"] == PROBLEM
+    assert client.patch(url, json={"contact_email": "x@"}, headers=integrator).status_code == 422
+    moved = client.patch(url, json={"contact_email": "webhooks@crm.example"}, headers=integrator)
+    assert moved.json()["contact_email"] == "webhooks@crm.example"
+    paused = client.patch(url, json={"status": "paused"}, headers=integrator)
+    assert paused.json()["contact_email"] == "webhooks@crm.example", "only what is given changes"
+    cleared = client.patch(url, json={"contact_email": None}, headers=integrator)
+    assert cleared.json()["contact_email"] is None
+
+
 def test_rotating_the_secret_returns_a_new_one_and_the_grace_period(
     client: TestClient, keys: Keys
 ) -> None:

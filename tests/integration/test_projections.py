@@ -5,21 +5,29 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Sequence
-from uuid import uuid4
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, select, text
+from fastapi.testclient import TestClient
+from sqlalchemy import Connection, event, select, text
 
+from api.main import create_app
 from infra.bootstrap import System
 from infra.migrate import include_object
 from infra.projections.base import Tables
 from infra.projections.catalog import StreamCatalog, stream_catalog
+from infra.projections.consultations import ConsultationViews, registrations
 from infra.projections.projector import ProjectionTimeout, Projector
 from infra.projections.rebuild import rebuild
+from infra.projections.reminders import reminders
 from infra.schema import metadata
 from services.ports import NO_STREAM, NewEvent, RecordedEvent
+from tests.e2e.conftest import Keys
+from tests.integration.test_reminders import open_registration, org, plan, register
 
 
 def write(system: System, streams: int, events_each: int) -> None:
@@ -194,3 +202,152 @@ def test_rebuild_while_writers_keep_appending_misses_nothing(system: System) -> 
     rows = catalog_rows(system)
     assert len(rows) == head // 2
     assert sum(r[2] for r in rows) == head
+
+
+def test_a_roster_built_one_command_at_a_time_equals_its_rebuild(system: System) -> None:
+    """Live, each command's events are applied on their own; a rebuild reads the stream in
+    one batch. A registration row's times must come from its own events either way."""
+    with TestClient(create_app(system)) as client:
+        organiser = Keys(system).organiser
+        starts = datetime.now(UTC).replace(microsecond=0) + timedelta(days=30)
+        cid = plan(client, organiser, org(client, organiser, "HRWG"), "Asia/Jakarta", starts)
+        open_registration(client, organiser, cid, starts - timedelta(days=2))
+        for i in range(3):
+            register(client, organiser, cid, f"Person {i}", f"p{i}@example.org")
+
+    def roster() -> list[dict]:
+        with system.db.read() as conn:
+            rows = conn.execute(select(registrations).order_by(registrations.c.registered_at))
+            return [dict(r._mapping) for r in rows]
+
+    live = roster()
+    assert len({r["updated_at"] for r in live}) == 3, "each row stamped by its own event"
+    rebuild(system.db, system.store, system.projector.projections["consultations"])
+    assert roster() == live
+
+
+def test_commands_leave_the_schedule_and_catalog_to_their_readers(system: System) -> None:
+    """Commands wait only for the inline projections that read their stream; the reminder
+    schedule and the stream catalog are caught up by whoever reads them, so a client still
+    reads its own change there (without X-Min-Position)."""
+    assert set(system.projector.inline) == set(system.projector.projections) - {
+        "reminders",
+        "stream_catalog",
+    }
+    # … and only for those that read the command's stream: an endorsement waits for none.
+    assert system.projector.inline_for("consultation") == ["consultations"]
+    assert system.projector.inline_for("statement") == []
+    with TestClient(create_app(system)) as client:
+        organiser = Keys(system).organiser
+        admin = Keys(system).admin
+        starts = datetime.now(UTC).replace(microsecond=0) + timedelta(days=30)
+        cid = plan(client, organiser, org(client, organiser, "HRWG"), "Asia/Jakarta", starts)
+        open_registration(client, organiser, cid, starts - timedelta(days=2))
+        register(client, organiser, cid, "Đặng Thị Mai", "mai@example.org")
+        head = system.store.head_position()
+        behind = system.projector.checkpoints(["reminders", "stream_catalog"])
+        assert all(position < head for position in behind.values()), behind
+        assert system.projector.checkpoints(["consultations"]) == {"consultations": head}
+
+        schedule = client.get(f"/v1/consultations/{cid}/reminders", headers=organiser)
+        assert schedule.status_code == 200, schedule.text
+        rules = [r["rule"] for r in schedule.json()["reminders"]]
+        assert "registration_confirmed" in rules, rules
+        summary = client.get(f"/v1/streams/{cid}", headers=admin)
+        assert summary.status_code == 200, summary.text
+        assert summary.json()["version"] == system.store.read_stream(UUID(cid))[-1].version
+
+
+def test_the_schedule_reads_a_subject_once_and_writes_a_run_of_notices_at_once(
+    system: System,
+) -> None:
+    """A busy consultation's registrations (or a hot statement's endorsements) caught up
+    together: its row is read once and their notices are one insert, not one of each per
+    event — and the schedule is the one a rebuild makes."""
+    with TestClient(create_app(system)) as client:
+        organiser = Keys(system).organiser
+        starts = datetime.now(UTC).replace(microsecond=0) + timedelta(days=30)
+        cid = plan(client, organiser, org(client, organiser, "HRWG"), "Asia/Jakarta", starts)
+        open_registration(client, organiser, cid, starts - timedelta(days=2))
+        for n in range(30):
+            register(client, organiser, cid, f"Delegate {n}", f"delegate-{n}@example.org")
+    executed: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if "reminder" in statement:
+            executed.append(statement.split()[0].upper())
+
+    event.listen(system.db.engine, "before_cursor_execute", seen)
+    try:
+        system.projector.catch_up(names=["reminders"])
+    finally:
+        event.remove(system.db.engine, "before_cursor_execute", seen)
+    # Planned and opened: the consultation's row and its two anchors' reminders; then the 30
+    # registrations: no read, one insert of their confirmations.
+    assert executed.count("SELECT") <= 1, executed
+    assert len(executed) <= 8, executed
+    with system.db.read() as conn:
+        notices = conn.execute(
+            select(reminders.c.key).where(reminders.c.rule == "registration_confirmed")
+        ).all()
+        live = sorted(tuple(r) for r in conn.execute(select(reminders)).all())
+    assert len(notices) == 30
+    rebuild(system.db, system.store, system.projector.projections["reminders"])
+    with system.db.read() as conn:
+        assert sorted(tuple(r) for r in conn.execute(select(reminders)).all()) == live
+
+
+def test_a_projector_follows_what_another_process_applied_without_reading_the_log(
+    system: System,
+) -> None:
+    """Two API processes take turns catching up. Each one's consultation cache follows the
+    events the other applied (from the page it reads anyway), so its next batch does not
+    fold the stream again; the rows still equal a rebuild."""
+    first, second = (
+        system.projector,
+        Projector(system.db, system.store, [ConsultationViews(system.store)]),
+    )
+    views = second.projections["consultations"]
+    assert isinstance(views, ConsultationViews)
+    with TestClient(create_app(system)) as client:
+        organiser = Keys(system).organiser
+        starts = datetime.now(UTC).replace(microsecond=0) + timedelta(days=30)
+        host = org(client, organiser, "HRWG")
+        system.projector = second  # the second process applies the consultation's start …
+        try:
+            cid = plan(client, organiser, host, "Asia/Jakarta", starts)
+            open_registration(client, organiser, cid, starts - timedelta(days=2))
+        finally:
+            system.projector = first
+        assert UUID(cid) in views._cache
+        for i in range(3):  # … then the first applies three registrations
+            register(client, organiser, cid, f"Person {i}", f"p{i}@example.org")
+        version = system.store.read_stream(UUID(cid))[-1].version
+        assert views._cache[UUID(cid)][0] < version
+
+        reads: list[UUID] = []
+        original = system.store.read_stream
+
+        def counted(stream_id: UUID, **kwargs: Any) -> list[RecordedEvent]:
+            reads.append(stream_id)
+            return original(stream_id, **kwargs)
+
+        register(client, organiser, cid, "Person 3", "p3@example.org")  # applied by first
+        system.store.read_stream = counted  # type: ignore[method-assign]
+        try:
+            second.catch_up()  # sees the four registrations, applies nothing
+            assert views._cache[UUID(cid)][0] == version + 1
+            assert first.catch_up(names=["consultations"]) == 0
+        finally:
+            system.store.read_stream = original  # type: ignore[method-assign]
+        assert UUID(cid) not in reads, "the second process folded the stream again"
+
+    def roster() -> list[dict]:
+        with system.db.read() as conn:
+            rows = conn.execute(select(registrations).order_by(registrations.c.registered_at))
+            return [dict(r._mapping) for r in rows]
+
+    live = roster()
+    assert len(live) == 4
+    rebuild(system.db, system.store, system.projector.projections["consultations"])
+    assert roster() == live

@@ -416,6 +416,44 @@ def test_a_failed_send_backs_off_and_a_dead_claim_is_taken_over(
     assert len(smtp.inbox.messages) == 1
 
 
+def test_a_message_no_longer_wanted_after_a_cut_off_attempt_says_it_may_have_gone_out(
+    client: TestClient, system: System, smtp: MailServer
+) -> None:
+    keys = Keys(system)
+    organiser = keys.organiser
+    host = org(client, organiser, "HRWG", "hrwg@example.org")
+    starts = datetime.now(UTC) + timedelta(days=9)
+    cid = plan(client, organiser, host, "Asia/Jakarta", starts)
+    open_registration(client, organiser, cid, starts - timedelta(days=1))
+    cut = register(client, organiser, cid, "Nguyễn Thị Hoa", "hoa@example.org")
+    plain = register(client, organiser, cid, "Siti Rahma", "siti@example.org")
+    reminders = Reminders(system, mail=Smtp(smtp.url, 10))
+    now = datetime.now(UTC)
+    handed = reminders.tick(now)
+    assert len(handed) == 2
+    [cut_key] = [k for k in handed if cut["id"] in k]
+    [plain_key] = [k for k in handed if plain["id"] in k]
+    # A worker claims one message and dies: it may or may not have handed the mail over.
+    assert reminders._claim(cut_key, now, task_id="task-1") is not None
+    for person in (cut, plain):
+        r = client.post(
+            f"/v1/consultations/{cid}/registrations/{person['id']}/cancel",
+            json={"reason": "visa refused"},
+            headers=organiser,
+        )
+        assert r.status_code == 200, r.text
+    redelivered = reminders.send(cut_key, now, task_id="task-1")
+    first_try = reminders.send(plain_key, now)
+    assert redelivered.status == first_try.status == "skipped"
+    assert "may have reached the mail server" in (redelivered.detail or "")
+    assert "may have" not in (first_try.detail or "")
+    with system.db.read() as conn:
+        rows = {r.key: r for r in conn.execute(mail_outbox.select())}
+    assert "cut off" in rows[cut_key].last_error
+    assert "cut off" not in rows[plain_key].last_error
+    assert smtp.inbox.messages == [] and system.store.read_stream(message_stream(cut_key)) == []
+
+
 def test_the_embedded_maildir_gets_each_message_once(
     client: TestClient, system: System, tmp_path: Path
 ) -> None:

@@ -8,7 +8,6 @@ The Redis here is a private ``redis-server`` on its own port, so stopping it dis
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -17,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
 from api.main import create_app
@@ -28,9 +26,8 @@ from tests import backends
 from tests.e2e.conftest import Keys
 from tests.integration.test_reminders import open_registration, org, plan, register
 from tests.mailserver import MailServer
-from tests.processes import free_port, spawn
+from tests.processes import REDIS_SERVER, PrivateRedis, spawn
 
-REDIS_SERVER = shutil.which("redis-server")
 _REDIS = backends.redis()
 
 pytestmark = [
@@ -39,44 +36,6 @@ pytestmark = [
     pytest.mark.skipif(not _REDIS.ok, reason=_REDIS.reason),
     pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed"),
 ]
-
-
-class PrivateRedis:
-    """A redis-server of the test's own that can be stopped and started on the same port."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.tmp = tmp
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert REDIS_SERVER is not None
-        self.process = subprocess.Popen(
-            [
-                REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                "--appendonly", "no", "--dir", str(self.tmp), "--maxmemory-policy", "noeviction",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if redis.Redis.from_url(self.url, socket_connect_timeout=1).ping():
-                    return
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
 
 
 @pytest.fixture

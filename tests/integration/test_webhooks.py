@@ -20,7 +20,9 @@ import pytest
 from sqlalchemy import select
 
 from infra.bootstrap import System
+from infra.mail.transport import Smtp
 from infra.projections.projector import Projector
+from infra.reminders import Reminders
 from infra.settings import Settings
 from infra.webhooks.delivery import Deliverer
 from infra.webhooks.guard import AllowList
@@ -31,6 +33,7 @@ from services.organisations.commands import RegisterOrganisation
 from services.organisations.model import ORGANISATION
 from services.ports import RecordedEvent
 from services.webhooks import policy
+from tests.mailserver import MailServer
 from tests.webhook_receiver import Receiver, Reply
 
 TIMEOUT_S = 1.0
@@ -289,6 +292,51 @@ def test_410_disables_the_endpoint_and_resuming_delivers_what_waited(rig: Rig) -
     assert rig.run(sub) == 3
     assert rig.receiver.unique_ids()[:2] == [str(first.id), str(second.id)]
     assert len(rig.logged("webhook.endpoint_disabled")) == 1
+
+
+def test_the_subscriptions_contact_is_told_once_that_its_endpoint_was_disabled(
+    rig: Rig, tmp_path: Path
+) -> None:
+    sub = rig.subscribe(contact_email="ops@crm.example", description="CRM mirror")
+    silent = rig.subscribe(rig.receiver.url + "/other")  # no contact: nobody to tell
+    (first,) = rig.publish(1)
+    rig.receiver.script[str(first.id)] = [Reply(410), Reply(410)]
+    assert rig.run(sub) == 0 and rig.run(silent) == 0
+    with MailServer(tmp_path) as smtp:
+        reminders = Reminders(rig.system, mail=Smtp(smtp.url, 10))
+        keys = reminders.tick()
+        assert len(keys) == 2
+        results = {r.status for r in (reminders.send(k) for k in keys)}
+        assert results == {"sent", "skipped"}
+        (message,) = smtp.inbox.messages
+        assert message["To"].addresses[0].addr_spec == "ops@crm.example"
+        assert message["Subject"] == "Webhook deliveries to 127.0.0.1 are stopped"
+        text = message.get_body(("plain",)).get_content()
+        assert "answered 410 Gone" in text and rig.receiver.url in text and "CRM mirror" in text
+        assert f"/v1/subscriptions/{sub.id}/deliveries" in text
+        # Once: another tick and another send change nothing.
+        assert reminders.tick() == []
+        assert {reminders.send(k).status for k in keys} == {"not-claimed"}
+        assert len(smtp.inbox.messages) == 1
+    recorded = rig.logged("reminder.sent")
+    assert [(e.data["rule"], e.data["recipient_id"]) for e in recorded] == [
+        ("webhook_endpoint_disabled", str(sub.id))
+    ]
+    assert recorded[0].data["consultation_id"] is None
+
+
+def test_no_notice_goes_out_when_the_endpoint_was_resumed_first(rig: Rig, tmp_path: Path) -> None:
+    sub = rig.subscribe(contact_email="ops@crm.example")
+    (first,) = rig.publish(1)
+    rig.receiver.script[str(first.id)] = [Reply(410)]
+    rig.run(sub)
+    rig.subs.update(sub.id, status="active")
+    with MailServer(tmp_path) as smtp:
+        reminders = Reminders(rig.system, mail=Smtp(smtp.url, 10))
+        (key,) = reminders.tick()
+        result = reminders.send(key)
+        assert result.status == "skipped" and "resumed" in (result.detail or "")
+        assert smtp.inbox.messages == []
 
 
 def test_an_endpoint_failing_for_days_is_disabled_once(rig: Rig) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -28,8 +29,10 @@ class MemoryStore:
         self.events: list[RecordedEvent] = []
         self.race: list[NewEvent] = []
 
-    def read_stream(self, stream_id: UUID, **_: object) -> list[RecordedEvent]:
-        return [e for e in self.events if e.stream_id == stream_id]
+    def read_stream(
+        self, stream_id: UUID, *, after_version: int = 0, **_: object
+    ) -> list[RecordedEvent]:
+        return [e for e in self.events if e.stream_id == stream_id and e.version > after_version]
 
     def append(
         self,
@@ -41,15 +44,38 @@ class MemoryStore:
     ) -> AppendResult:
         if self.race:
             rival, self.race = self.race, []
-            self._write(stream_id, stream_type, rival)
+            self._write(stream_id, stream_type, rival, {})
         current = len(self.read_stream(stream_id))
         if expected_version is not None and expected_version != current:
             raise ConcurrencyError(stream_id, expected_version, current)
-        written = self._write(stream_id, stream_type, events)
+        meta = metadata.as_dict() if metadata is not None else {}
+        written = self._write(stream_id, stream_type, events, meta)
+        return AppendResult(stream_id, written[-1].version, tuple(written))
+
+    def append_batch(
+        self,
+        stream_id: UUID,
+        stream_type: str,
+        expected_version: int | None,
+        commands: Sequence[tuple[Sequence[NewEvent], Metadata | None]],
+    ) -> AppendResult:
+        if self.race:
+            rival, self.race = self.race, []
+            self._write(stream_id, stream_type, rival, {})
+        current = len(self.read_stream(stream_id))
+        if expected_version is not None and expected_version != current:
+            raise ConcurrencyError(stream_id, expected_version, current)
+        written = [
+            record
+            for events, metadata in commands
+            for record in self._write(
+                stream_id, stream_type, events, metadata.as_dict() if metadata else {}
+            )
+        ]
         return AppendResult(stream_id, written[-1].version, tuple(written))
 
     def _write(
-        self, stream_id: UUID, stream_type: str, events: Sequence[NewEvent]
+        self, stream_id: UUID, stream_type: str, events: Sequence[NewEvent], meta: dict[str, Any]
     ) -> list[RecordedEvent]:
         out = []
         for e in events:
@@ -62,7 +88,7 @@ class MemoryStore:
                 e.type,
                 e.schema_version,
                 dict(e.data),
-                {},
+                meta,
                 datetime.now(UTC),
             )
             self.events.append(record)
@@ -135,3 +161,46 @@ def test_a_command_that_changes_nothing_appends_nothing(
     assert not outcome.changed
     assert outcome.version == 1
     assert len(store.events) == 1
+
+
+def test_a_command_retried_under_its_idempotency_key_returns_what_it_did_before(
+    bus: tuple[CommandBus, MemoryStore],
+) -> None:
+    """Given a command whose client never heard the answer, when it is sent again under the
+    same key, then nothing is decided or appended again: the earlier outcome comes back."""
+    b, store = bus
+    oid = uuid4()
+    register(b, oid)
+    meta = Metadata(api_key_id="k1", idempotency_key="revise-1", step=0)
+    first = b.handle(ORGANISATION, oid, ReviseOrganisation(oid, acronym="HRWG"), metadata=meta)
+    again = b.handle(
+        ORGANISATION, oid, ReviseOrganisation(oid, acronym="HRWG"), metadata=meta, if_match=1
+    )
+    assert len(store.events) == 2, "not appended twice (and the stale If-Match is moot)"
+    assert (again.version, again.position, again.events) == (
+        first.version,
+        first.position,
+        first.events,
+    )
+    assert again.recorded == (store.events[1],)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        Metadata(api_key_id="k1", idempotency_key="revise-2", step=0),  # another request
+        Metadata(api_key_id="k1", idempotency_key="revise-1", step=1),  # its next command
+        Metadata(api_key_id="k2", idempotency_key="revise-1", step=0),  # another caller's key
+        Metadata(api_key_id="k1"),  # no key at all
+    ],
+)
+def test_only_the_same_key_step_and_caller_count_as_the_same_command(
+    bus: tuple[CommandBus, MemoryStore], other: Metadata
+) -> None:
+    b, store = bus
+    oid = uuid4()
+    register(b, oid)
+    meta = Metadata(api_key_id="k1", idempotency_key="revise-1", step=0)
+    b.handle(ORGANISATION, oid, ReviseOrganisation(oid, acronym="HRWG"), metadata=meta)
+    b.handle(ORGANISATION, oid, ReviseOrganisation(oid, acronym="KONTRAS"), metadata=other)
+    assert len(store.events) == 3, "a different command is decided and appended"

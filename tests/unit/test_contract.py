@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
@@ -13,6 +14,7 @@ from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 
 from infra.integration import contract
 from services.consultations.events import SessionScheduled, Speaker
+from services.invitations.events import InvitationIssued
 from services.messages import DomainEvent, Personal, to_json
 from services.ports import RecordedEvent
 from services.statements.events import StatementEndorsed
@@ -178,7 +180,10 @@ def validator(public_type: str) -> jsonschema_rs.Validator:
 
 def test_schemas_mark_personal_fields_and_validate_real_payloads() -> None:
     schema = contract.data_schema("org.concord.statement.endorsed.v1")
-    assert schema["properties"]["signatory_name"] == {"type": "string", "x-personal": True}
+    assert schema["properties"]["signatory_name"] == {
+        "anyOf": [{"type": "string"}, {"type": "null"}],  # null once the person is erased
+        "x-personal": True,
+    }
     assert "$defs" not in str(schema) and "$ref" not in str(schema)
     check = validator("org.concord.statement.endorsed.v1")
     good = contract.public_event(recorded(endorsed()))
@@ -189,6 +194,11 @@ def test_schemas_mark_personal_fields_and_validate_real_payloads() -> None:
     assert not check.is_valid(raw)
     assert not check.is_valid({k: v for k, v in good["data"].items() if k != "content_hash"})
     assert not check.is_valid({**good["data"], "statement_id": "not-a-uuid"})
+    # An erased person's data is null (the marker says erased, the store opened nothing).
+    erased = {**raw, "signatory_name": {"$personal": {"subject": str(uuid4()), "erased": True}}}
+    shown = contract.public_event(replace(recorded(endorsed()), data=erased))
+    assert shown is not None and shown["data"]["signatory_name"] is None
+    check.validate(shown["data"])
     # Additional fields are a compatible change: allowed.
     assert check.is_valid({**good["data"], "added_later": 1})
 
@@ -201,3 +211,42 @@ def test_every_public_type_has_a_schema_that_is_valid_json_schema() -> None:
     assert not jsonschema_rs.meta.is_valid({"$schema": contract.SCHEMA_DIALECT, "type": "thing"})
     with pytest.raises(KeyError):
         contract.data_schema("org.concord.statement.publication_requested.v1")
+
+
+def test_an_invitation_is_public_without_its_token_hash_and_with_the_address_plain() -> None:
+    email = "coordinator@yangon.example.org"
+    person = uuid4()
+    issued = InvitationIssued(
+        invitation_id=uuid4(),
+        statement_id=uuid4(),
+        consultation_id=uuid4(),
+        organisation_id=uuid4(),
+        email=Personal(person, email),
+        language="my",
+        generation=1,
+        token_hash="cd" * 32,
+        expires_at=datetime(2027, 3, 15, 3, tzinfo=UTC),
+    )
+    event = recorded(issued)
+    assert event.data["token_hash"] == "cd" * 32, "the log keeps the hash"
+    for body in (
+        contract.public_event(event),
+        contract.envelope(event),
+        contract.cloudevent(event, "https://concord.example"),
+    ):
+        assert body is not None
+        assert "token_hash" not in body["data"]
+        assert "cd" * 32 not in orjson.dumps(body).decode()
+        assert body["data"]["email"] == email
+    schema = contract.data_schema("org.concord.invitation.issued.v1")
+    assert "token_hash" not in schema["properties"]
+    assert "token_hash" not in schema["required"]
+    assert schema["properties"]["email"] == {
+        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "x-personal": True,
+    }
+    body = contract.public_event(event)
+    assert body is not None
+    validator("org.concord.invitation.issued.v1").validate(body["data"])
+    resent = contract.data_schema("org.concord.invitation.resent.v1")
+    assert "token_hash" not in resent["properties"]

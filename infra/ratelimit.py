@@ -1,0 +1,312 @@
+"""Rate limits: how many hits a bucket may take per window, shared across API processes.
+
+One call, one answer::
+
+    limiter = limiter_for(settings)          # Redis with REDIS_URL, else this process
+    rate = parse_rate("10/minute")           # "N/second|minute|hour|day", "N per 5 minutes"
+    decision = limiter.hit("signon:203.0.113.9", rate)
+    if not decision.allowed:
+        ...  # 429 with decision.headers("signon") (Retry-After, RateLimit-Policy, RateLimit)
+
+A *bucket* is any string naming who is counted (``read:<key id>``, ``ip:<address>``, a route
+and a token …); each (bucket, rate) pair has its own count. The algorithm is the `limits`
+package's *sliding window counter*: two counters per bucket (this window and the last), the
+last one weighted by how much of it still overlaps the sliding window — constant memory per
+bucket, no burst of twice the quota at a window edge (as a fixed window allows).
+
+* **Shared** (:class:`RedisLimiter`): the count lives in Redis, so every API process draws from
+  one budget. A hit is one round trip: `limits`' own atomic acquire script and its window read,
+  pipelined (``limits`` itself would ask a second time for what remains). When Redis cannot be
+  reached the hit is decided in this process instead (:class:`MemoryLimiter`, same rates), a
+  warning is logged once per outage and ``concord_rate_limit_fallbacks_total`` counts each such
+  decision: a limiter outage never fails a request, and budgets are per process until Redis is
+  back (it is tried again after :data:`RETRY_AFTER_OUTAGE_S`).
+* **In process** (:class:`MemoryLimiter`): embedded mode (one API process, no Redis).
+
+Both remember a refusal until the moment the bucket frees up again: a client hammering an
+exhausted bucket costs no Redis round trip (the budget cannot free up sooner — other
+processes' hits only add to the count).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import redis
+import structlog
+from limits import RateLimitItem, parse
+from limits.storage import MemoryStorage, RedisStorage
+from limits.strategies import SlidingWindowCounterRateLimiter
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from infra.metrics import count_rate_limit_fallback
+from infra.settings import Settings
+
+log = structlog.get_logger("concord.ratelimit")
+
+Rate = RateLimitItem
+
+#: After a failed Redis call, hits are decided in process for this long before Redis is tried again.
+RETRY_AFTER_OUTAGE_S = 1.0
+#: Seconds a hit may wait for Redis (it is on loopback or the same network: milliseconds).
+REDIS_TIMEOUT_S = 0.25
+#: Remembered refusals kept at most (the oldest are dropped first when full).
+MAX_REMEMBERED = 50_000
+
+OFF = ("off", "none", "unlimited")
+
+
+def parse_rate(text: str) -> Rate | None:
+    """``"600/minute"``, ``"10 per second"``, ``"100/5 minutes"`` → a rate; ``"off"`` → None.
+
+    Raises ValueError for anything else."""
+    cleaned = text.strip().lower()
+    if cleaned in OFF:
+        return None
+    rate = parse(cleaned)
+    if rate.amount < 1:
+        raise ValueError(f"a rate needs at least one request per window: {text!r}")
+    return rate
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What a hit was told. ``reset_s`` is when one more hit fits again (0 if nothing counted
+    yet); ``retry_after_s`` is that in whole seconds (at least 1) when refused, else 0."""
+
+    allowed: bool
+    limit: int
+    window_s: int
+    remaining: int
+    reset_s: float
+    retry_after_s: int = 0
+    #: False when decided in this process only (embedded mode, or Redis unreachable).
+    shared: bool = True
+
+    def headers(self, policy: str) -> dict[str, str]:
+        """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers), and
+        ``Retry-After`` when refused. ``policy`` names the quota (a token: letters, digits, -)."""
+        headers = {
+            "RateLimit-Policy": f'"{policy}";q={self.limit};w={self.window_s}',
+            "RateLimit": f'"{policy}";r={self.remaining};t={math.ceil(self.reset_s)}',
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(self.retry_after_s)
+        return headers
+
+
+class Limiter(Protocol):
+    """Counts hits per bucket; see the module's docstring."""
+
+    #: True when :meth:`hit` may wait on the network (call it off the event loop).
+    blocking: bool
+
+    def hit(self, bucket: str, rate: Rate, cost: int = 1) -> Decision:
+        """Take ``cost`` from ``bucket``'s budget under ``rate``, if it fits."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _decide(
+    acquired: bool,
+    rate: Rate,
+    window: tuple[int, float, int, float],
+    shared: bool,
+) -> Decision:
+    """A decision from the window after the hit: (previous count, seconds the previous window
+    still weighs, current count, seconds the current counter lives). The arithmetic is
+    ``SlidingWindowCounterRateLimiter.get_window_stats`` of `limits`, on values in hand."""
+    previous, previous_ttl, current, current_ttl = window
+    expiry = rate.get_expiry()
+    weighted = previous * previous_ttl / expiry + current
+    remaining = max(0, rate.amount - math.floor(weighted))
+    reset = math.inf
+    if previous:
+        reset = previous_ttl % (expiry / previous)
+    if current:
+        # The current counter lives between one and two windows; it becomes the previous one
+        # when less than a window is left (a fresh counter: a whole window from now).
+        reset = min(reset, current_ttl % expiry or float(expiry))
+    if reset == math.inf:
+        reset = 0.0
+    return Decision(
+        allowed=acquired,
+        limit=rate.amount,
+        window_s=expiry,
+        remaining=remaining if acquired else 0,
+        reset_s=reset,
+        retry_after_s=0 if acquired else max(1, math.ceil(reset)),
+        shared=shared,
+    )
+
+
+class _Refusals:
+    """Refusals remembered until their bucket frees up (monotonic deadlines)."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, tuple[float, Decision]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, key: str) -> Decision | None:
+        found = self._until.get(key)
+        if found is None:
+            return None
+        deadline, decision = found
+        left = deadline - time.monotonic()
+        if left <= 0:
+            with self._lock:
+                self._until.pop(key, None)
+            return None
+        return replace(decision, reset_s=left, retry_after_s=max(1, math.ceil(left)))
+
+    def remember(self, key: str, decision: Decision) -> None:
+        if decision.allowed or decision.reset_s <= 0:
+            return
+        with self._lock:
+            if len(self._until) >= MAX_REMEMBERED:
+                now = time.monotonic()
+                for stale in [k for k, (d, _) in self._until.items() if d <= now]:
+                    del self._until[stale]
+                while len(self._until) >= MAX_REMEMBERED:
+                    del self._until[next(iter(self._until))]
+            self._until[key] = (time.monotonic() + decision.reset_s, decision)
+
+
+class MemoryLimiter:
+    """Counts in this process (`limits`' memory storage): embedded mode, and the fallback."""
+
+    blocking = False
+
+    def __init__(self) -> None:
+        self.storage = MemoryStorage()
+        self.strategy = SlidingWindowCounterRateLimiter(self.storage)
+        self._refusals = _Refusals()
+
+    def hit(self, bucket: str, rate: Rate, cost: int = 1) -> Decision:
+        return self._hit(bucket, rate, cost, shared=False)
+
+    def _hit(self, bucket: str, rate: Rate, cost: int, *, shared: bool) -> Decision:
+        key = rate.key_for(bucket)
+        remembered = self._refusals.check(key)
+        if remembered is not None:
+            return replace(remembered, shared=shared)
+        acquired = self.strategy.hit(rate, bucket, cost=cost)
+        window = self.storage.get_sliding_window(key, rate.get_expiry())
+        decision = _decide(acquired, rate, window, shared)
+        self._refusals.remember(key, decision)
+        return decision
+
+    def close(self) -> None:
+        self.storage.timer.cancel()
+
+
+class RedisLimiter:
+    """Counts in Redis, shared by every API process; decides in process while Redis is down."""
+
+    blocking = True
+
+    def __init__(
+        self, url: str, *, prefix: str = "concord:ratelimit", timeout_s: float = REDIS_TIMEOUT_S
+    ) -> None:
+        # No retries inside redis-py: a hit must not wait through a back-off for a dead server.
+        pool = redis.ConnectionPool.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self.client = redis.Redis(connection_pool=pool)
+        self.storage = RedisStorage(url, connection_pool=pool, key_prefix=prefix)
+        self.fallback = MemoryLimiter()
+        self._refusals = _Refusals()
+        self._down_until = 0.0
+        self._down = False
+        self._lock = threading.Lock()
+
+    def hit(self, bucket: str, rate: Rate, cost: int = 1) -> Decision:
+        key = rate.key_for(bucket)
+        remembered = self._refusals.check(key)
+        if remembered is not None:
+            return remembered
+        if time.monotonic() < self._down_until:
+            return self._in_process(bucket, rate, cost)
+        try:
+            acquired, window = self._acquire(key, rate, cost)
+        except redis.RedisError as exc:
+            self._went_down(exc)
+            return self._in_process(bucket, rate, cost)
+        if self._down:
+            with self._lock:
+                if self._down:
+                    self._down = False
+                    log.warning("rate limiter: Redis is reachable again; budgets are shared")
+        decision = _decide(acquired, rate, window, shared=True)
+        self._refusals.remember(key, decision)
+        return decision
+
+    def _acquire(
+        self, key: str, rate: Rate, cost: int
+    ) -> tuple[bool, tuple[int, float, int, float]]:
+        """`limits`' acquire script and its window read in one pipelined round trip."""
+        storage = self.storage
+        keys = (
+            storage.prefixed_key(storage._previous_window_key(key)),
+            storage.prefixed_key(storage._current_window_key(key)),
+        )
+        expiry = rate.get_expiry()
+        acquire, read = storage.lua_acquire_sliding_window, storage.lua_sliding_window
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            # Plain EVALSHA: Script objects in a pipeline would ask SCRIPT EXISTS every time.
+            pipe.evalsha(acquire.sha, 2, *keys, rate.amount, expiry, cost)
+            pipe.evalsha(read.sha, 2, *keys, expiry)
+            try:
+                acquired, window = pipe.execute()
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                # A restarted (or flushed) Redis forgot the scripts: load them, then once more.
+                for script in (acquire, read):
+                    script.sha = self.client.script_load(script.script)
+                continue
+            break
+        previous, previous_ttl, current, current_ttl = window or (0, 0, 0, 0)
+        return bool(acquired), (
+            int(previous or 0),
+            max(0.0, float(previous_ttl or 0)) / 1000,
+            int(current or 0),
+            max(0.0, float(current_ttl or 0)) / 1000,
+        )
+
+    def _in_process(self, bucket: str, rate: Rate, cost: int) -> Decision:
+        count_rate_limit_fallback()
+        return self.fallback._hit(bucket, rate, cost, shared=False)
+
+    def _went_down(self, exc: Exception) -> None:
+        with self._lock:
+            self._down_until = time.monotonic() + RETRY_AFTER_OUTAGE_S
+            if not self._down:
+                self._down = True
+                log.warning(
+                    "rate limiter: Redis unreachable; limiting in each process until it is back",
+                    error=repr(exc),
+                )
+
+    def close(self) -> None:
+        self.fallback.close()
+        self.client.close()
+
+
+def limiter_for(settings: Settings) -> Limiter:
+    """Redis when ``REDIS_URL`` is set (several API processes share it), else in process.
+
+    Keys are namespaced by ``CONCORD_QUEUE`` so deployments sharing one Redis count apart."""
+    if settings.redis_url:
+        return RedisLimiter(settings.redis_url, prefix=f"concord:ratelimit:{settings.queue}")
+    return MemoryLimiter()

@@ -1,0 +1,1 @@
+"""Invitations: signing a joint statement through an e-mailed link, without an account."""

@@ -1,0 +1,179 @@
+"""One hot stream, many writers: the per-stream lanes (infra/lanes.py) on SQLite and PostgreSQL.
+
+Endorsements of one statement from many threads at once are decided one after another and
+appended together, so nobody sees a conflict; two lanes on one database (two API processes)
+race only at the append and decide again unseen; each command still gets its own answer; and
+a fold kept in one process forgets an erased name as soon as another process erased it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+from fastapi.testclient import TestClient
+
+from infra.bootstrap import System, bootstrap
+from services.bus import Job, Outcome
+from services.decider import Context
+from services.people import person_id
+from services.ports import Metadata
+from services.statements.commands import EndorseStatement
+from services.statements.errors import AlreadyEndorsed
+from services.statements.model import STATEMENT, active_endorsements
+from tests.e2e.conftest import Keys
+from tests.e2e.test_statements_api import draft
+
+
+def finalised(client: TestClient, keys: Keys) -> UUID:
+    drafted = draft(client, keys)
+    deadline = (datetime.now(UTC) + timedelta(days=7)).isoformat()
+    r = client.post(
+        f"/v1/statements/{drafted['sid']}/finalise",
+        headers=drafted["organiser"],
+        json={"endorsement_deadline": deadline},
+    )
+    assert r.status_code == 200, r.text
+    return UUID(drafted["sid"])
+
+
+def endorsement(sid: UUID, n: int, org: UUID | None = None) -> Job[EndorseStatement]:
+    org = org or uuid4()
+    name = f"Signatory {n}"
+    return Job(
+        EndorseStatement(
+            statement_id=sid,
+            organisation_id=org,
+            person_id=person_id(f"{org}/{name}"),
+            signatory_name=name,
+            organisation_name=f"Organisation {n}",
+            organisation_country="ID",
+            organisation_kind="ngo",
+        ),
+        Context(now=datetime.now(UTC), actor="test"),
+        Metadata(actor="test"),
+    )
+
+
+def run_all(calls: list[Any]) -> list[Outcome | Exception]:
+    """Run every call in its own thread, all released at once; their results in order."""
+    results: list[Outcome | Exception] = [RuntimeError("not run")] * len(calls)
+    gate = threading.Barrier(len(calls))
+
+    def one(i: int) -> None:
+        gate.wait()
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+def test_writers_queued_behind_an_append_are_decided_and_appended_together(
+    client: TestClient, keys: Keys, system: System
+) -> None:
+    sid = finalised(client, keys)
+    writers = 24
+    appends: list[int] = []
+    real = system.store.append_batch
+    first_append_started = threading.Event()
+
+    def slow_first(*args: Any, **kwargs: Any) -> Any:
+        commands = args[3]
+        appends.append(len(commands))
+        if len(appends) == 1:
+            first_append_started.set()
+            # Hold the first batch until everyone else has queued behind it.
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                queue = system.lanes._queues.get(sid)
+                if queue is not None and len(queue) == writers - 1:
+                    break
+                time.sleep(0.01)
+        return real(*args, **kwargs)
+
+    system.store.append_batch = slow_first  # type: ignore[method-assign]
+    jobs = [endorsement(sid, n) for n in range(writers)]
+    results = run_all([lambda j=j: system.lanes.handle(STATEMENT, sid, j) for j in jobs])
+    system.store.append_batch = real  # type: ignore[method-assign]
+
+    assert all(isinstance(r, Outcome) and r.changed for r in results), results
+    assert appends == [1, writers - 1], "the second append carried everyone who queued"
+    versions = sorted(r.version for r in results if isinstance(r, Outcome))
+    assert len(set(versions)) == writers, "each endorsement has its own stream version"
+    state, _, _ = system.bus.load(STATEMENT, sid)
+    assert len(active_endorsements(state)) == writers
+
+
+def test_two_processes_on_one_stream_race_unseen_and_each_command_answers_for_itself(
+    client: TestClient, keys: Keys, system: System
+) -> None:
+    sid = finalised(client, keys)
+    other = bootstrap(system.settings)  # a second API process on the same database
+    try:
+        twice = uuid4()
+        retried = replace(endorsement(sid, 99), metadata=Metadata(idempotency_key="k-1"))
+        calls = [
+            lambda n=n, lanes=(system.lanes if n % 2 else other.lanes): lanes.handle(
+                STATEMENT, sid, endorsement(sid, n)
+            )
+            for n in range(20)
+        ]
+        # The same organisation twice (one must be refused) and one request sent twice at
+        # once under the same idempotency key (one endorsement, the same answer twice).
+        calls += [
+            lambda: system.lanes.handle(STATEMENT, sid, endorsement(sid, 50, twice)),
+            lambda: system.lanes.handle(STATEMENT, sid, endorsement(sid, 51, twice)),
+            lambda: system.lanes.handle(STATEMENT, sid, retried),
+            lambda: system.lanes.handle(STATEMENT, sid, retried),
+        ]
+        results = run_all(calls)
+    finally:
+        other.close()
+
+    assert all(isinstance(r, Outcome) for r in results[:20]), results[:20]
+    pair = results[20:22]
+    assert sorted(type(r).__name__ for r in pair) == ["AlreadyEndorsed", "Outcome"], pair
+    assert any(isinstance(r, AlreadyEndorsed) for r in pair)
+    first, second = results[22:]
+    assert isinstance(first, Outcome) and isinstance(second, Outcome)
+    assert first.version == second.version and first.recorded == second.recorded
+    state, version, _ = system.bus.load(STATEMENT, sid)
+    assert len(active_endorsements(state)) == 22
+    assert version == len(system.store.read_stream(sid))
+    keyed = [r for r in system.store.read_stream(sid) if r.metadata.get("idempotency_key") == "k-1"]
+    assert len(keyed) == 1
+
+
+def test_a_fold_kept_by_one_process_forgets_a_name_erased_by_another(
+    client: TestClient, keys: Keys, system: System
+) -> None:
+    sid = finalised(client, keys)
+    other = bootstrap(system.settings)
+    try:
+        job = endorsement(sid, 7)
+        system.lanes.handle(STATEMENT, sid, job)
+        kept = other.lanes.load(STATEMENT, sid)
+        [signed] = active_endorsements(kept.state)
+        assert signed.signatory_name.value == "Signatory 7"
+        erased = client.post(
+            "/v1/people/erase",
+            headers=keys.admin,
+            json={"person_id": str(job.command.person_id)},
+        )
+        assert erased.status_code == 200, erased.text
+        [after] = active_endorsements(other.lanes.load(STATEMENT, sid).state)
+        assert after.signatory_name.erased, "the other process read the erasure"
+        assert after.organisation_id == signed.organisation_id, "the endorsement stays"
+    finally:
+        other.close()
