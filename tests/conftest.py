@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,3 +119,20 @@ def pg_system(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[System
     )
     yield running
     running.close()
+
+
+def clear_of_window_edge(window_s: float, margin_s: float) -> None:
+    """Wait, if need be, until at least ``margin_s`` remain before the next window boundary.
+
+    Rate-limit windows are aligned to the clock (the `limits` sliding-window counter): a test
+    that crosses a boundary sees its earlier hits weighted and rounded down, so one hit more
+    than the quota can fit. Tests that count hits exactly start clear of the edge."""
+    into = time.time() % window_s
+    if into > window_s - margin_s:
+        time.sleep(window_s - into + 0.05)
+
+
+@pytest.fixture
+def whole_minute_ahead() -> None:
+    """The test starts at least 15 s before the next minute boundary (per-minute budgets)."""
+    clear_of_window_edge(60, 15)

@@ -42,6 +42,7 @@ def stored(system: System, key: UUID) -> list[Any]:
         return list(conn.execute(select(api_key_usage).where(api_key_usage.c.key_id == key)))
 
 
+@pytest.mark.usefixtures("whole_minute_ahead")
 def test_an_admin_sees_reads_writes_refusals_and_the_last_use(system: System, keys: Keys) -> None:
     integrator, admin = keys.integrator, keys.admin
     with serving(system, rate_limit_read="4/minute") as client:

@@ -35,7 +35,11 @@ from tests.integration.test_reminders_faults import REDIS_SERVER, PrivateRedis
 from tests.processes import free_port, spawn
 
 _REDIS = backends.redis()
-pytestmark = [pytest.mark.redis, pytest.mark.skipif(not _REDIS.ok, reason=_REDIS.reason)]
+pytestmark = [
+    pytest.mark.redis,
+    pytest.mark.skipif(not _REDIS.ok, reason=_REDIS.reason),
+    pytest.mark.usefixtures("whole_minute_ahead"),
+]
 
 
 @pytest.fixture
