@@ -65,7 +65,7 @@ _PG_APPEND = """
     WITH last AS (
         SELECT version, chain_hash FROM events WHERE stream_id = %(stream_id)s
         ORDER BY version DESC LIMIT 1
-    ), cur AS (
+    ), cur AS MATERIALIZED (
         SELECT COALESCE((SELECT version FROM last), 0) AS version,
                concord_chain(COALESCE((SELECT chain_hash FROM last), %(genesis)s),
                              %(content_hashes)s::text[]) AS hashes
