@@ -53,6 +53,12 @@ COLUMNS = (
     "position, event_id, stream_id, stream_type, version, event_type, schema_version, "
     "data, metadata, recorded_at, chain_hash"
 )
+#: The same columns without the payload (data and metadata read as empty objects): for
+#: readers that only need where and when events happened, such as the stream catalog.
+HEADER_COLUMNS = (
+    "position, event_id, stream_id, stream_type, version, event_type, schema_version, "
+    "NULL, NULL, recorded_at, chain_hash"
+)
 INSERT_COLUMNS = (
     "position, event_id, stream_id, stream_type, version, event_type, schema_version, "
     "data, metadata, recorded_at, content_hash, chain_hash"
@@ -367,10 +373,15 @@ class SqlEventStore:
         stream_type: str | None = None,
         stream_id: UUID | None = None,
         conn: Connection | None = None,
+        payload: bool = True,
     ) -> list[RecordedEvent]:
-        """A page of numbered events with position > ``after`` in position order."""
+        """A page of numbered events with position > ``after`` in position order.
+
+        With ``payload=False`` only the events' headers are read: ``data`` and ``metadata``
+        are empty (no JSON to parse, nothing to open or upcast)."""
         p = self._placeholder
-        sql = f"SELECT {COLUMNS} FROM events WHERE position > {p('after')}"
+        columns = COLUMNS if payload else HEADER_COLUMNS
+        sql = f"SELECT {columns} FROM events WHERE position > {p('after')}"
         params: dict[str, Any] = {"after": after, "limit": limit}
         if types:
             names = [f"t{i}" for i in range(len(types))]
@@ -384,9 +395,9 @@ class SqlEventStore:
             params["stream_id"] = self._key(stream_id)
         sql += f" ORDER BY position LIMIT {p('limit')}"
         if conn is not None:
-            return self._records(conn, sql, params)
+            return self._records(conn, sql, params, payload)
         with self.db.read() as c:
-            return self._records(c, sql, params)
+            return self._records(c, sql, params, payload)
 
     def iter_all(self, after: int = 0, batch_size: int = 5000) -> Iterator[RecordedEvent]:
         """Every numbered event after ``after``, streamed page by page in constant memory."""
@@ -429,14 +440,34 @@ class SqlEventStore:
         """A named parameter in the driver's own style (reads go straight to the driver)."""
         return f"%({name})s" if self.db.is_postgres else f":{name}"
 
-    def _records(self, conn: Connection, sql: str, params: dict[str, Any]) -> list[RecordedEvent]:
+    def _records(
+        self, conn: Connection, sql: str, params: dict[str, Any], payload: bool = True
+    ) -> list[RecordedEvent]:
         """Run a read on the driver's cursor and build records (upcast to current schemas)."""
-        upcast = self.registry.upcast if self.registry is not None else None
-        out: list[RecordedEvent] = []
-        append = out.append
         with _driver_cursor(conn) as cur:
             cur.execute(sql, params)
             rows = cur.fetchall()
+        if not payload:
+            sqlite = self.db.is_sqlite
+            return [
+                RecordedEvent(
+                    UUID(eid) if sqlite else eid,
+                    UUID(sid) if sqlite else sid,
+                    stype,
+                    ver,
+                    pos,
+                    etype,
+                    sver,
+                    {},
+                    {},
+                    _sqlite_time(at) if sqlite else at,
+                    h,
+                )
+                for pos, eid, sid, stype, ver, etype, sver, _, _, at, h in rows
+            ]
+        upcast = self.registry.upcast if self.registry is not None else None
+        out: list[RecordedEvent] = []
+        append = out.append
         if self.db.is_sqlite:
             loads = orjson.loads
             rows = [

@@ -22,7 +22,10 @@ class Projection(Protocol):
     up by the worker's loop and by its readers, see ``Projector.inline``); ``streams``, the
     stream types whose events it reads (a command on any other stream does not wait for it);
     and ``observe(events)`` shows a projection events it has already applied in another process,
-    so a cache it keeps in memory can follow along instead of reading the log again.
+    so a cache it keeps in memory can follow along instead of reading the log again;
+    ``payload = False`` says it reads only the events' headers (stream, type, version,
+    position, time), so it is fed events with empty ``data`` and ``metadata``, read without
+    their JSON.
     """
 
     name: str
@@ -35,6 +38,11 @@ class Projection(Protocol):
     def apply(self, conn: Connection, tables: Tables, events: Sequence[RecordedEvent]) -> None:
         """Apply a batch of events, in position order, to ``tables``."""
         ...
+
+
+def reads_payload(projection: Projection) -> bool:
+    """False if the projection declares it needs only the events' headers."""
+    return bool(getattr(projection, "payload", True))
 
 
 def live_tables(projection: Projection) -> dict[str, Table]:

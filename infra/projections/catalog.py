@@ -34,6 +34,8 @@ class StreamCatalog:
     tables = (stream_catalog,)
     #: Off the command path: ``GET /v1/streams/{id}`` catches it up before reading.
     inline = False
+    #: Where and when streams changed: no event's data is needed.
+    payload = False
 
     def apply(self, conn: Connection, tables: Tables, events: Sequence[RecordedEvent]) -> None:
         table = tables["stream_catalog"]

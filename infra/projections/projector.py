@@ -19,7 +19,7 @@ from sqlalchemy import Connection, bindparam, text
 
 from infra.db import Database, dialect_insert
 from infra.eventstore.store import SqlEventStore
-from infra.projections.base import Projection, Tables, live_tables
+from infra.projections.base import Projection, Tables, live_tables, reads_payload
 from infra.schema import projection_checkpoints
 from services.ports import RecordedEvent
 
@@ -119,7 +119,8 @@ class Projector:
                 return applied
             if 0 < start - self._seen <= self.batch_size // 2:
                 start = self._seen  # also read what others applied since this process looked
-            page = self.store.read_all(start, self.batch_size)
+            payload = any(reads_payload(self.projections[n]) for n in names)
+            page = self.store.read_all(start, self.batch_size, payload=payload)
             if not page:
                 self._saw(checkpoints)
                 return applied
@@ -201,7 +202,7 @@ class Projector:
     def step(self, projection: Projection, tables: Tables) -> tuple[int, int]:
         """One transaction: apply the next page; return (checkpoint, events applied)."""
         start = self.checkpoint(projection.name)
-        page = self.store.read_all(start, self.batch_size)
+        page = self.store.read_all(start, self.batch_size, payload=reads_payload(projection))
         if not page:
             return start, 0
         with self.db.write() as conn:

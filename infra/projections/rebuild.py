@@ -19,7 +19,7 @@ from sqlalchemy import Connection, MetaData, Table, text
 
 from infra.db import Database
 from infra.eventstore.store import SqlEventStore
-from infra.projections.base import Projection, live_tables
+from infra.projections.base import Projection, live_tables, reads_payload
 from infra.projections.projector import Projector
 from infra.schema import NAMING_CONVENTION
 from services.ports import RecordedEvent
@@ -60,9 +60,10 @@ def rebuild(
     # Replay up to the head as it stands now; whatever arrives meanwhile is applied during
     # the swap, and anything after that by the live projector.
     head = store.head_position()
+    payload = reads_payload(projection)
     position = 0
     while position < head:
-        page = _page(store, position, head, batch_size)
+        page = _page(store, position, head, batch_size, payload=payload)
         if not page:
             break
         with db.write() as conn:
@@ -74,7 +75,9 @@ def rebuild(
     with db.write() as conn:
         projector.lock(conn, projection.name)
         final = store.head_position()
-        while position < final and (page := _page(store, position, final, batch_size, conn)):
+        while position < final and (
+            page := _page(store, position, final, batch_size, conn, payload=payload)
+        ):
             projection.apply(conn, shadows, page)
             position = page[-1].position or position
         for name, table in live.items():
@@ -86,10 +89,16 @@ def rebuild(
 
 
 def _page(
-    store: SqlEventStore, after: int, until: int, size: int, conn: Connection | None = None
+    store: SqlEventStore,
+    after: int,
+    until: int,
+    size: int,
+    conn: Connection | None = None,
+    *,
+    payload: bool = True,
 ) -> list[RecordedEvent]:
     """The next page of events after ``after``, none beyond position ``until``."""
-    page = store.read_all(after, min(size, until - after), conn=conn)
+    page = store.read_all(after, min(size, until - after), conn=conn, payload=payload)
     return [e for e in page if (e.position or 0) <= until]
 
 
