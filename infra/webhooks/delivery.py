@@ -10,6 +10,11 @@ Crash safety. Due times and claims live in the delivery table, never in the brok
 
 * a claim (``sending`` with ``claimed_until``) is taken by a compare-and-set, so two workers
   never send the same delivery at once while the claim holds;
+* the head and up to :data:`BATCH` due deliveries behind it are claimed together (one token,
+  twice the lease); they are sent in order and each is recorded before the next is sent, so
+  of a dead worker's batch only the first it still holds can have been in flight: the rest
+  are taken over without an interrupted attempt. A stop (a failure, a lost claim, too little
+  lease left) gives the unsent ones back as they were;
 * the outcome is recorded only by the claim's holder (its token), together with the attempt;
 * a worker killed mid-attempt leaves its claim to expire; the scheduler's scan then finds the
   delivery due again and another run sends it once more (same ``webhook-id``: at-least-once),
