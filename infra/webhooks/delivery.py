@@ -10,6 +10,11 @@ Crash safety. Due times and claims live in the delivery table, never in the brok
 
 * a claim (``sending`` with ``claimed_until``) is taken by a compare-and-set, so two workers
   never send the same delivery at once while the claim holds;
+* the head and up to :data:`BATCH` due deliveries behind it are claimed together (one token,
+  twice the lease); they are sent in order and each is recorded before the next is sent, so
+  of a dead worker's batch only the first it still holds can have been in flight: the rest
+  are taken over without an interrupted attempt. A stop (a failure, a lost claim, too little
+  lease left) gives the unsent ones back as they were;
 * the outcome is recorded only by the claim's holder (its token), together with the attempt;
 * a worker killed mid-attempt leaves its claim to expire; the scheduler's scan then finds the
   delivery due again and another run sends it once more (same ``webhook-id``: at-least-once),
@@ -34,7 +39,18 @@ from uuid import UUID, uuid4
 import httpx
 import orjson
 import structlog
-from sqlalchemy import Connection, and_, bindparam, func, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 
 from infra.db import Database
 from infra.eventstore.store import SqlEventStore
@@ -70,6 +86,8 @@ NUDGE = timedelta(seconds=60)
 KEPT_BODY = 2000
 #: Events read at once for a run's next deliveries.
 EVENTS_PER_READ = 100
+#: Deliveries of one subscription claimed at once (one transaction for the lot).
+BATCH = 20
 
 
 # The hot path's statements, built once (building and keying a statement per call cost more
@@ -80,29 +98,80 @@ _SUBSCRIPTION = (
     .outerjoin(api_keys, api_keys.c.id == _S.c.owner_key_id)
     .where(_S.c.id == bindparam("b_sub"))
 )
-_HEAD = (
+_HEADS = (
     select(_D)
     .where(_D.c.subscription_id == bindparam("b_sub"), text(f"webhook_deliveries.{WAITING}"))
     .order_by(_D.c.position)
-    .limit(1)
+    .limit(BATCH)
 )
+# A compare-and-set per row: each is taken only if still as it was read (status, attempts and
+# round); RETURNING says which were.
 _TAKE = (
     update(_D)
     .where(
-        _D.c.id == bindparam("b_id"),
-        _D.c.status == bindparam("b_status"),
-        _D.c.attempts == bindparam("b_attempts"),
-        _D.c.round == bindparam("b_round"),
+        tuple_(_D.c.id, _D.c.status, _D.c.attempts, _D.c.round).in_(
+            bindparam("b_rows", expanding=True)
+        )
     )
     .values(
         status="sending",
         claim_token=bindparam("b_token", type_=_D.c.claim_token.type),
         claimed_until=bindparam("b_until", type_=_D.c.claimed_until.type),
-        attempts=bindparam("b_next", type_=_D.c.attempts.type),
+        attempts=_D.c.attempts + bindparam("b_add", type_=Integer),
         updated_at=bindparam("b_now", type_=_D.c.updated_at.type),
+    )
+    .returning(_D.c.id)
+)
+# Claimed but never sent: back to how they were before the claim.
+_RELEASE = (
+    update(_D)
+    .where(
+        _D.c.id.in_(bindparam("b_ids", expanding=True)), _D.c.claim_token == bindparam("b_token")
+    )
+    .values(
+        status="pending",
+        claim_token=None,
+        claimed_until=None,
+        attempts=_D.c.attempts - 1,
     )
 )
 _ATTEMPT = webhook_attempts.insert()
+_ATTEMPT_COLUMNS = (
+    "delivery_id", "number", "round", "started_at", "duration_ms", "status_code", "error",
+    "response_body",
+)  # fmt: skip
+# PostgreSQL: a success recorded in one statement (one round trip, its own transaction): the
+# delivery, if the claim still holds, and its attempt.
+_DELIVERED_ROW = (
+    update(_D)
+    .where(_D.c.id == bindparam("b_id"), _D.c.claim_token == bindparam("b_token"))
+    .values(
+        status="delivered",
+        claim_token=None,
+        claimed_until=None,
+        next_attempt_at=None,
+        last_status_code=bindparam("b_status_code", type_=_D.c.last_status_code.type),
+        last_error=None,
+        updated_at=bindparam("b_now", type_=_D.c.updated_at.type),
+        delivered_at=bindparam("b_now", type_=_D.c.delivered_at.type),
+    )
+    .returning(_D.c.id)
+    .cte("delivered")
+)
+_DELIVERED = (
+    webhook_attempts.insert()
+    .from_select(
+        list(_ATTEMPT_COLUMNS),
+        select(
+            _DELIVERED_ROW.c.id,
+            *(
+                bindparam(f"b_{name}", type_=webhook_attempts.c[name].type)
+                for name in _ATTEMPT_COLUMNS[1:]
+            ),
+        ),
+    )
+    .returning(webhook_attempts.c.delivery_id)
+)
 
 
 @cache
@@ -134,6 +203,8 @@ class Claim:
     attempt: int
     round: int
     failing_since: datetime | None
+    #: When the claim runs out (every claim of one batch shares it, and its token).
+    until: datetime
 
 
 class Deliverer:
@@ -167,7 +238,9 @@ class Deliverer:
         self.requeue = requeue
         self.allow = allow or AllowList.parse(settings.webhook_allow_hosts)
         self.timeout_s = settings.webhook_timeout_s
-        #: A claim outlives any attempt: connect, send, read (bounded by the sender).
+        #: A claim outlives any attempt: connect, send, read (bounded by the sender). A batch
+        #: is claimed for twice that, and its next delivery is sent only while a whole lease
+        #: is left.
         self.lease = timedelta(seconds=3 * settings.webhook_timeout_s + 10)
         self.disable_after = timedelta(seconds=settings.webhook_disable_after_s)
         self._events: dict[int, RecordedEvent] = {}
@@ -221,25 +294,23 @@ class Deliverer:
         """Send what is due for one subscription, in order, until something fails, nothing
         is due or ``budget`` deliveries are done; returns how many were finished.
 
-        A run that used its whole budget asks for the next run at once (``requeue``), behind
-        the other subscriptions' runs already queued, instead of leaving the rest of a burst
-        to the scheduler's scan.
+        The queue's head and up to :data:`BATCH` due deliveries behind it are claimed at once,
+        then sent one by one, each recorded before the next is sent (so a worker killed
+        mid-batch has sent at most the one in flight unrecorded); what a stop leaves unsent
+        is released. A run that used its whole budget asks for the next run at once
+        (``requeue``), behind the other subscriptions' runs already queued, instead of
+        leaving the rest of a burst to the scheduler's scan.
         """
         self.catch_up()
         finished = 0
         again = False
         try:
-            claim = self.claim(subscription_id)
-            while claim is not None:
-                # The next head is claimed in the transaction that records this one's success
-                # (one transaction per delivery), unless the budget ends with this one.
-                moved, chained, following = self._attempt(claim, then=finished + 1 < budget)
-                if not moved:
+            while finished < budget:
+                batch = self.claims(subscription_id, min(BATCH, budget - finished))
+                moved = self._send_batch(batch)
+                finished += moved
+                if moved < len(batch) or not batch:
                     break
-                finished += 1
-                if finished >= budget:
-                    break
-                claim = following if chained else self.claim(subscription_id)
             again = finished >= budget and self.requeue is not None
         finally:
             with self.db.write() as conn:
@@ -253,53 +324,88 @@ class Deliverer:
             self.requeue(subscription_id)
         return finished
 
+    def _send_batch(self, batch: list[Claim]) -> int:
+        """Send a batch's claims in order, recording each; how many moved the queue on (all
+        of them unless something stopped it: then the rest are released)."""
+        for i, claim in enumerate(batch):
+            if i and claim.until - self.clock() < self.lease:
+                # Not enough of the claim left for another attempt: give the rest back (the
+                # run claims them afresh).
+                self._release(batch[i:])
+                return i
+            if not self._attempt(claim, unsent=batch[i + 1 :]):
+                return i
+        return len(batch)
+
     def claim(self, subscription_id: UUID) -> Claim | None:
         """Take the subscription's head delivery if it is due and nobody holds it."""
-        with self.db.write() as conn:
-            return self._claim(conn, subscription_id)
+        claims = self.claims(subscription_id, 1)
+        return claims[0] if claims else None
 
-    def _claim(self, conn: Connection, subscription_id: UUID) -> Claim | None:
+    def claims(self, subscription_id: UUID, limit: int = BATCH) -> list[Claim]:
+        """Take the subscription's head delivery and the due ones right behind it (up to
+        ``limit``), in position order, if the head is due and nobody holds it."""
+        with self.db.write() as conn:
+            return self._claims(conn, subscription_id, limit)
+
+    def _claims(self, conn: Connection, subscription_id: UUID, limit: int) -> list[Claim]:
         now = self.clock()
         sub = conn.execute(_SUBSCRIPTION, {"b_sub": subscription_id}).first()
         if sub is None or sub.status != "active":
-            return None
+            return []
         if sub.revoked_at is not None:
-            return None  # a revoked key's subscriptions wait (an admin may delete them)
-        head = conn.execute(_HEAD, {"b_sub": subscription_id}).first()
-        if head is None:
-            return None
-        due = head.next_attempt_at is not None and head.next_attempt_at <= now
-        expired = head.status == "sending" and (
-            head.claimed_until is None or head.claimed_until <= now
-        )
-        if not (due if head.status == "pending" else expired):
-            return None
-        token = uuid4()
-        taken = conn.execute(
-            _TAKE,
-            {
-                "b_id": head.id,
-                "b_status": head.status,
-                "b_attempts": head.attempts,
-                "b_round": head.round,
-                "b_token": token,
-                "b_until": now + self.lease,
-                "b_next": head.attempts + 1,
-                "b_now": now,
-            },
-        )
-        if taken.rowcount != 1:
-            return None
-        if expired:
-            # The worker that held it stopped mid-attempt (killed, or lost its database).
-            _log_attempt(
-                conn,
-                head.id,
-                head.attempts,
-                head.round,
-                head.updated_at,
-                Answer(None, {}, b"", "interrupted: the worker stopped mid-attempt", 0),
+            return []  # a revoked key's subscriptions wait (an admin may delete them)
+        rows = conn.execute(_HEADS, {"b_sub": subscription_id}).all()[:limit]
+        # The due run from the head: pending and due, or held by a claim that expired.
+        # ``added``: 1 for an attempt now, 0 for a delivery an expired batch claimed behind
+        # one still held by it (never sent: its holder sends in order and records each
+        # before the next, so only the first it still holds can have been in flight).
+        taking: list[tuple[Any, int]] = []
+        for i, row in enumerate(rows):
+            if row.status == "pending":
+                if row.next_attempt_at is None or row.next_attempt_at > now:
+                    break
+                taking.append((row, 1))
+                continue
+            if row.claimed_until is not None and row.claimed_until > now:
+                break
+            before = rows[i - 1] if i else None
+            untried = (
+                before is not None
+                and before.status == "sending"
+                and row.claim_token is not None
+                and before.claim_token == row.claim_token
             )
+            taking.append((row, 0 if untried else 1))
+        if not taking:
+            return []
+        token = uuid4()
+        until = now + (self.lease if len(taking) == 1 else 2 * self.lease)
+        taken: set[UUID] = set()
+        for added in (1, 0):
+            group = [(r.id, r.status, r.attempts, r.round) for r, a in taking if a == added]
+            if group:
+                params = {"b_rows": group, "b_token": token, "b_until": until, "b_add": added}
+                result = conn.execute(_TAKE, {**params, "b_now": now})
+                taken.update(row.id for row in result)
+        ours = []
+        for row, added in taking:
+            if row.id not in taken:
+                break  # changed since it was read (another claimer, a replay): stop there
+            ours.append((row, added))
+        for row, _ in taking[len(ours) :]:
+            if row.id in taken:  # taken beyond a gap: put back as it was
+                conn.execute(
+                    update(_D)
+                    .where(_D.c.id == row.id, _D.c.claim_token == token)
+                    .values(
+                        status=row.status,
+                        claim_token=row.claim_token,
+                        claimed_until=row.claimed_until,
+                        attempts=row.attempts,
+                        updated_at=row.updated_at,
+                    )
+                )
         secrets = [sub.secret]
         if (
             sub.previous_secret
@@ -307,36 +413,63 @@ class Deliverer:
             and sub.previous_secret_expires_at > now
         ):
             secrets.append(sub.previous_secret)
-        return Claim(
-            delivery_id=head.id,
-            token=token,
-            subscription_id=subscription_id,
-            owner_key_id=sub.owner_key_id,
-            url=sub.url,
-            secrets=tuple(secrets),
-            event_id=head.event_id,
-            position=head.position,
-            attempt=head.attempts + 1,
-            round=head.round,
-            failing_since=sub.failing_since,
-        )
+        claims = []
+        for row, added in ours:
+            if row.status == "sending" and added:
+                # The worker that held it stopped mid-attempt (killed, or lost its database).
+                _log_attempt(
+                    conn,
+                    row.id,
+                    row.attempts,
+                    row.round,
+                    row.updated_at,
+                    Answer(None, {}, b"", "interrupted: the worker stopped mid-attempt", 0),
+                )
+            claims.append(
+                Claim(
+                    delivery_id=row.id,
+                    token=token,
+                    subscription_id=subscription_id,
+                    owner_key_id=sub.owner_key_id,
+                    url=sub.url,
+                    secrets=tuple(secrets),
+                    event_id=row.event_id,
+                    position=row.position,
+                    attempt=row.attempts + added,
+                    round=row.round,
+                    failing_since=sub.failing_since,
+                    until=until,
+                )
+            )
+        return claims
+
+    def _release(self, claims: list[Claim]) -> None:
+        """Give back claims that were never sent."""
+        with self.db.write() as conn:
+            self._give_back(conn, claims)
+
+    @staticmethod
+    def _give_back(conn: Connection, claims: list[Claim]) -> None:
+        if claims:
+            ids = [c.delivery_id for c in claims]
+            conn.execute(_RELEASE, {"b_ids": ids, "b_token": claims[0].token})
 
     def attempt(self, claim: Claim) -> bool:
         """Send one claimed delivery and record the outcome; True if the queue may move on
         (delivered, or given up), False if it must wait (a retry is scheduled, or the
         endpoint was disabled)."""
-        return self._attempt(claim)[0]
+        return self._attempt(claim)
 
-    def _attempt(self, claim: Claim, *, then: bool = False) -> tuple[bool, bool, Claim | None]:
-        """:meth:`attempt`; with ``then``, a delivered one's record also claims the next head:
-        (may move on, whether the next head was claimed, the next claim)."""
+    def _attempt(self, claim: Claim, *, unsent: list[Claim] | None = None) -> bool:
+        """:meth:`attempt`; ``unsent``: the claims of its batch behind it, released if the
+        queue stops here."""
         started = self.clock()
         event = self._event(claim)
         if event is None:
             answer = Answer(None, {}, b"", f"event {claim.event_id} is not in the log", 0)
         else:
             answer = self.send(claim, event)
-        return self._record(claim, answer, started, then=then)
+        return self._record(claim, answer, started, unsent=unsent or [])
 
     def send(self, claim: Claim, event: RecordedEvent) -> Answer:
         """One signed POST of the event as a CloudEvent (structured mode)."""
@@ -358,18 +491,16 @@ class Deliverer:
         )
 
     def record(self, claim: Claim, answer: Answer, started: datetime) -> bool:
-        return self._record(claim, answer, started)[0]
+        return self._record(claim, answer, started)
 
     def _record(
-        self, claim: Claim, answer: Answer, started: datetime, *, then: bool = False
-    ) -> tuple[bool, bool, Claim | None]:
+        self, claim: Claim, answer: Answer, started: datetime, *, unsent: list[Claim] | None = None
+    ) -> bool:
         now = self.clock()
+        unsent = unsent or []
         verdict = policy.verdict(answer.status_code)
         if verdict is policy.Verdict.DELIVERED:
-            following: list[Claim | None] = []
-            held = self._finish(
-                claim, answer, started, now, delivered=True, then=following if then else None
-            )
+            held = self._finish(claim, answer, started, now, delivered=True, unsent=unsent)
             log.info(
                 "webhook delivered",
                 subscription_id=str(claim.subscription_id),
@@ -377,7 +508,7 @@ class Deliverer:
                 status=answer.status_code,
                 recorded=held,
             )
-            return held, bool(following), following[0] if following else None
+            return held
         retry_after = (
             policy.parse_retry_after(_header(answer.headers, "retry-after"), now)
             if answer.status_code in policy.SLOW_DOWN
@@ -391,8 +522,8 @@ class Deliverer:
         disable = gone or policy.should_disable(failing_since, now, self.disable_after)
         episode = f"{claim.delivery_id}/{claim.round}/{claim.attempt}"
         if not self._holds(claim):
-            self._finish(claim, answer, started, now, delivered=False, lost=True)
-            return False, False, None
+            self._finish(claim, answer, started, now, delivered=False, lost=True, unsent=unsent)
+            return False
         if next_at is None:
             self.bus.handle(
                 SUBSCRIPTION,
@@ -425,6 +556,7 @@ class Deliverer:
                 ),
                 metadata=WORKER,
             )
+        moves = next_at is None and not disable
         held = self._finish(
             claim,
             answer,
@@ -434,6 +566,7 @@ class Deliverer:
             next_at=next_at,
             failing_since=failing_since,
             disabled=reason,
+            unsent=[] if moves else unsent,
         )
         log.warning(
             "webhook attempt failed",
@@ -445,7 +578,9 @@ class Deliverer:
             next_attempt_at=next_at.isoformat() if next_at else None,
             disabled=reason,
         )
-        return held and next_at is None and not disable, False, None
+        if not held and moves:
+            self._release(unsent)
+        return held and moves
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -482,10 +617,28 @@ class Deliverer:
         next_at: datetime | None = None,
         failing_since: datetime | None = None,
         disabled: str | None = None,
-        then: list[Claim | None] | None = None,
+        unsent: list[Claim],
     ) -> bool:
         """Log the attempt and, if the claim still holds, its outcome; False if it did not.
-        ``then`` (delivered only): also claim the subscription's next head, into the list."""
+        ``unsent`` (the claims of its batch behind it) are released unless it was delivered
+        (then the queue moves on to them)."""
+        if delivered and not lost and claim.failing_since is None and self.db.is_postgres:
+            with self.db.autocommit() as conn:
+                values = _attempt_values(
+                    claim.delivery_id, claim.attempt, claim.round, started, answer
+                )
+                done = conn.execute(
+                    _DELIVERED,
+                    {
+                        "b_id": claim.delivery_id,
+                        "b_token": claim.token,
+                        "b_now": now,
+                        **{f"b_{k}": v for k, v in values.items() if k != "delivery_id"},
+                    },
+                )
+                if done.first() is not None:
+                    return True
+            lost = True  # not ours any more: log the attempt below, if the delivery exists
         d, s = webhook_deliveries, webhook_subscriptions
         common: dict[str, Any] = {
             "claim_token": None,
@@ -519,6 +672,7 @@ class Deliverer:
                     _log_attempt(
                         conn, claim.delivery_id, claim.attempt, claim.round, started, answer
                     )
+                self._give_back(conn, unsent)
                 return False
             _log_attempt(conn, claim.delivery_id, claim.attempt, claim.round, started, answer)
             if delivered:
@@ -526,9 +680,8 @@ class Deliverer:
                     conn.execute(
                         update(s).where(s.c.id == claim.subscription_id).values(failing_since=None)
                     )
-                if then is not None:
-                    then.append(self._claim(conn, claim.subscription_id))
                 return True
+            self._give_back(conn, unsent)
             changes: dict[str, Any] = {"failing_since": failing_since}
             if disabled is not None:
                 changes.update(status="disabled", disabled_at=now, disabled_reason=disabled)
@@ -540,6 +693,23 @@ class Deliverer:
         return True
 
 
+def _attempt_values(
+    delivery_id: UUID, number: int, round_: int, started: datetime, answer: Answer
+) -> dict[str, Any]:
+    return {
+        "delivery_id": delivery_id,
+        "number": number,
+        "round": round_,
+        "started_at": started,
+        "duration_ms": answer.duration_ms,
+        "status_code": answer.status_code,
+        "error": _clip(answer.error, 500),
+        "response_body": _clip(answer.body.decode("utf-8", "replace"), KEPT_BODY)
+        if answer.body
+        else None,
+    }
+
+
 def _log_attempt(
     conn: Connection,
     delivery_id: UUID,
@@ -548,21 +718,7 @@ def _log_attempt(
     started: datetime,
     answer: Answer,
 ) -> None:
-    conn.execute(
-        _ATTEMPT,
-        {
-            "delivery_id": delivery_id,
-            "number": number,
-            "round": round_,
-            "started_at": started,
-            "duration_ms": answer.duration_ms,
-            "status_code": answer.status_code,
-            "error": _clip(answer.error, 500),
-            "response_body": _clip(answer.body.decode("utf-8", "replace"), KEPT_BODY)
-            if answer.body
-            else None,
-        },
-    )
+    conn.execute(_ATTEMPT, _attempt_values(delivery_id, number, round_, started, answer))
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 import httpx
 
@@ -116,11 +116,11 @@ def post(
         return Answer(status, dict(got or {}), data, error, elapsed)
 
     try:
-        target = parse(url, allow)
-        address = pin(target, allow, resolve)
+        target = _parse(url, allow)
+        address = pin(target, allow, resolve)  # at every attempt: DNS may have changed
     except UnsafeTarget as exc:
         return answer(None, f"refused: {exc}")
-    request_url = target.url.copy_with(host=str(address))
+    request_url = _at(target.url, str(address))
     request = _Request(
         request_url,
         body,
@@ -140,6 +140,17 @@ def post(
         # A kept-alive connection the endpoint had closed meanwhile: once more, afresh.
         _CLIENTS.drop(kept)
         return _attempt(_CLIENTS.get(kept), request, answer, stale=False)
+
+
+# A URL's form is checked and parsed once per process (httpx parses a URL in a tenth of a
+# millisecond, a good part of an attempt on loopback); where its name points is not cached.
+_parse = lru_cache(maxsize=1024)(parse)
+
+
+@lru_cache(maxsize=1024)
+def _at(url: httpx.URL, address: str) -> httpx.URL:
+    """``url`` with its host replaced by the address checked for it."""
+    return url.copy_with(host=address)
 
 
 @dataclass(frozen=True)

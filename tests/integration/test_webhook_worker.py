@@ -34,7 +34,8 @@ pytestmark = [
     pytest.mark.skipif(not _REDIS.ok, reason=_REDIS.reason),
 ]
 
-#: The worker's webhook timeout; a stranded claim is taken over 3 x this + 10 s later.
+#: The worker's webhook timeout; a stranded claim is taken over 3 x this + 10 s later (twice
+#: that for a claimed batch).
 TIMEOUT_S = 2
 
 

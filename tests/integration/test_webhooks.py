@@ -486,6 +486,72 @@ def test_a_claim_left_by_a_dead_worker_is_taken_over_after_its_lease(rig: Rig) -
     assert rig.deliveries(sub)[0].status == "delivered"
 
 
+def test_a_batch_left_by_a_dead_worker_logs_only_its_first_as_interrupted(rig: Rig) -> None:
+    """A claimed batch is sent in order, each recorded before the next: of a dead worker's
+    batch only the first still held can have been in flight; the rest were never sent."""
+    sub = rig.subscribe()
+    events = rig.publish(4)
+    rig.relay.catch_up()
+    dead = rig.deliverer.claims(sub.id)  # …and the worker dies before recording anything
+    assert [c.position for c in dead] == [e.position for e in events]
+    assert len({c.token for c in dead}) == 1
+    assert rig.run(sub) == 0, "the claims hold"
+    rig.clock.advance(2 * rig.deliverer.lease + timedelta(seconds=1))
+    assert rig.deliverer.due() == [sub.id]
+    assert rig.run(sub) == 4
+    assert rig.receiver.ids() == [str(e.id) for e in events], "each once, in order"
+    rows = rig.deliveries(sub)
+    assert [(r.status, r.attempts) for r in rows] == [("delivered", 2)] + [("delivered", 1)] * 3
+    first = rig.attempts(rows[0].id)
+    assert [(a.number, a.status_code) for a in first] == [(1, None), (2, 204)]
+    assert first[0].error.startswith("interrupted")
+    for row in rows[1:]:
+        assert [(a.number, a.status_code) for a in rig.attempts(row.id)] == [(1, 204)]
+
+
+def test_a_failure_in_a_batch_gives_back_the_claims_behind_it(rig: Rig) -> None:
+    sub = rig.subscribe()
+    events = rig.publish(4)
+    rig.receiver.script[str(events[1].id)] = [Reply(500), Reply(204)]
+    assert rig.run(sub) == 1
+    rows = rig.deliveries(sub)
+    assert [(r.status, r.attempts, r.claim_token) for r in rows[1:]] == [
+        ("pending", 1, None),
+        ("pending", 0, None),
+        ("pending", 0, None),
+    ], "the failed one waits for its retry; the two behind it were never sent"
+    assert [a.status_code for a in rig.attempts(rows[2].id)] == []
+    rig.clock.advance(rig.next_attempt_at(sub) - rig.clock())  # type: ignore[operator]
+    assert rig.run(sub) == 3
+    assert rig.receiver.ids() == [str(e.id) for e in events[:2]] + [str(e.id) for e in events[1:]]
+    assert [(r.status, r.attempts) for r in rig.deliveries(sub)] == [
+        ("delivered", 1),
+        ("delivered", 2),
+        ("delivered", 1),
+        ("delivered", 1),
+    ]
+
+
+def test_a_batch_stops_sending_when_too_little_of_its_claim_is_left(rig: Rig) -> None:
+    sub = rig.subscribe()
+    events = rig.publish(3)
+    rig.relay.catch_up()
+    deliverer = rig.make_deliverer()
+    batch = deliverer.claims(sub.id)
+    assert len(batch) == 3
+    assert batch[0].until - rig.clock() > deliverer.lease
+    rig.clock.advance(batch[0].until - rig.clock() - deliverer.lease + timedelta(seconds=1))
+    assert deliverer._send_batch(batch) == 1, "the first is sent; the rest given back"
+    rows = rig.deliveries(sub)
+    assert [(r.status, r.attempts, r.claim_token) for r in rows] == [
+        ("delivered", 1, None),
+        ("pending", 0, None),
+        ("pending", 0, None),
+    ]
+    assert rig.run(sub) == 2
+    assert rig.receiver.ids() == [str(e.id) for e in events]
+
+
 def test_the_scan_nudges_each_due_subscription_once_a_minute(rig: Rig) -> None:
     sub = rig.subscribe()
     rig.publish(1)
