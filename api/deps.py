@@ -10,9 +10,9 @@ from uuid import UUID
 
 import structlog
 from fastapi import Depends, Header, Request
-from starlette.concurrency import run_in_threadpool
 
 from api.problems import ProblemError
+from api.threads import in_thread
 from infra.bootstrap import System
 from infra.keys import ROLES, ApiKey, ApiKeys
 from infra.projections.projector import ProjectionTimeout
@@ -129,7 +129,7 @@ async def current_principal(
     """The caller's key from ``Authorization: Bearer …``; anonymous without the header."""
     auth: Authentication | None = request.scope.get("state", {}).get("auth")
     if auth is None:  # a route the rate limiter does not see (/metrics)
-        auth = await run_in_threadpool(authenticate, system.keys, authorization)
+        auth = await in_thread(authenticate, system.keys, authorization)
     if auth.refusal is not None:
         raise ProblemError(
             401, "Unauthorized", auth.refusal, type_="unauthenticated", headers=_UNAUTHENTICATED
@@ -234,7 +234,7 @@ async def wait_for_min_position(
     """Honour ``X-Min-Position``: wait until the projections include it, else 503."""
     if x_min_position is None or x_min_position == 0:
         return
-    if x_min_position > await run_in_threadpool(system.store.head_position):
+    if x_min_position > await in_thread(system.store.head_position):
         # Positions are handed out only once numbered, so this one was never issued (yet).
         raise ProblemError(
             503,
@@ -244,7 +244,7 @@ async def wait_for_min_position(
             headers={"Retry-After": "1"},
         )
     try:
-        await run_in_threadpool(system.projector.wait_for, x_min_position, MIN_POSITION_WAIT_S)
+        await in_thread(system.projector.wait_for, x_min_position, MIN_POSITION_WAIT_S)
     except ProjectionTimeout:
         raise ProblemError(
             503,

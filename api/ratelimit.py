@@ -28,11 +28,11 @@ from typing import Any
 
 import orjson
 import structlog
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import ANONYMOUS, Authentication, authenticate
 from api.problems import PROBLEM, TYPE_BASE
+from api.threads import in_thread
 from infra.bootstrap import System
 from infra.key_usage import KeyUsage
 from infra.metrics import count_rate_limited
@@ -137,7 +137,7 @@ class Throttle:
         client = client_address(scope)
         write = scope["method"] not in READS
         if authorization is not None or guard.limiter.blocking:
-            verdict = await run_in_threadpool(guard.judge, authorization, client, write)
+            verdict = await in_thread(guard.judge, authorization, client, write)
         else:
             verdict = guard.judge(None, client, write)
         scope.setdefault("state", {})["auth"] = verdict.auth
