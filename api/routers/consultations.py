@@ -25,6 +25,7 @@ from api.deps import (
 )
 from api.fields import Country, Text, TimeZone
 from api.problems import ProblemError
+from api.responses import tagged
 from api.schemas import Problem
 from api.threads import in_thread
 from infra.bootstrap import System
@@ -962,10 +963,14 @@ async def list_consultations(
     return await in_thread(load)
 
 
-@router.get("/{consultation_id}", dependencies=[MinPosition], responses=ERRORS)
+@router.get(
+    "/{consultation_id}",
+    dependencies=[MinPosition],
+    responses=ERRORS,
+    response_model=dict[str, Any],
+)
 async def get_consultation(
     consultation_id: UUID,
-    response: Response,
     system: SystemDep,
     as_of: Annotated[
         str | None,
@@ -975,10 +980,11 @@ async def get_consultation(
             "consultation as it stood then, rebuilt from the log.",
         ),
     ] = None,
-) -> dict[str, Any]:
+) -> Response:
     """A consultation with its agenda, working groups and counts (public)."""
     if as_of is None:
-        return await respond(system, consultation_id, response)
+        doc = await load_doc(system, consultation_id)
+        return tagged(localise(doc, datetime.now(UTC)), doc["version"])
     position, when = parse_as_of(as_of)
 
     state, version, _ = await in_thread(
@@ -993,8 +999,7 @@ async def get_consultation(
             f"Consultation {consultation_id} did not exist then.",
             type_="unknown-consultation",
         )
-    etag(response, version)
-    return localise(document(state, version), when or datetime.now(UTC))
+    return tagged(localise(document(state, version), when or datetime.now(UTC)), version)
 
 
 @router.get("/{consultation_id}/calendar.ics", responses={404: {"model": Problem}})
