@@ -121,14 +121,15 @@ def authenticate(keys: ApiKeys, authorization: str | None) -> Authentication:
     return Authentication(found.status, refusal=detail, prefix=found.prefix, revoked=revoked)
 
 
-async def current_principal(
-    request: Request,
-    system: SystemDep,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> Principal:
-    """The caller's key from ``Authorization: Bearer …``; anonymous without the header."""
+async def current_principal(request: Request) -> Principal:
+    """The caller's key from ``Authorization: Bearer …``; anonymous without the header.
+
+    Its only parameter is the request (no sub-dependencies to solve on every call): the rate
+    limiter has authenticated it already, and the header is not part of any route's schema."""
     auth: Authentication | None = request.scope.get("state", {}).get("auth")
     if auth is None:  # a route the rate limiter does not see (/metrics)
+        system: System = request.app.state.system
+        authorization = request.headers.get("authorization")
         auth = await in_thread(authenticate, system.keys, authorization)
     if auth.refusal is not None:
         raise ProblemError(
@@ -221,7 +222,7 @@ IfMatch = Annotated[int | None, Depends(if_match)]
 
 
 async def wait_for_min_position(
-    system: SystemDep,
+    request: Request,
     x_min_position: Annotated[
         int | None,
         Header(
@@ -234,6 +235,7 @@ async def wait_for_min_position(
     """Honour ``X-Min-Position``: wait until the projections include it, else 503."""
     if x_min_position is None or x_min_position == 0:
         return
+    system: System = request.app.state.system
     if x_min_position > await in_thread(system.store.head_position):
         # Positions are handed out only once numbered, so this one was never issued (yet).
         raise ProblemError(
