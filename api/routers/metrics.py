@@ -28,7 +28,7 @@ async def metrics_reader(request: Request, system: SystemDep) -> None:
         scheme, _, secret = authorization.partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(secret.strip().encode(), wanted):
             return
-    principal = await current_principal(request, system, authorization)
+    principal = await current_principal(request)
     await require("admin")(principal)
 
 
