@@ -14,7 +14,7 @@ from fastapi import Depends, Header, Request
 from api.problems import ProblemError
 from api.threads import in_thread
 from infra.bootstrap import System
-from infra.keys import ROLES, ApiKey, ApiKeys
+from infra.keys import ROLES, ApiKey, ApiKeys, Identified
 from infra.projections.projector import ProjectionTimeout
 from services.ports import Metadata
 
@@ -103,14 +103,33 @@ ANONYMOUS = Authentication()
 
 
 def authenticate(keys: ApiKeys, authorization: str | None) -> Authentication:
-    """Check ``Authorization: Bearer <key>`` (a database lookup unless the key is malformed)."""
+    """Check ``Authorization: Bearer <key>`` (a database lookup unless the key is malformed
+    or, within ``CONCORD_KEY_CACHE_S``, already known)."""
+    known = authenticate_known(keys, authorization)
+    if known is not None:
+        return known
+    return _authentication(keys.identify(_secret(authorization)))
+
+
+def authenticate_known(keys: ApiKeys, authorization: str | None) -> Authentication | None:
+    """:func:`authenticate` when it needs no database lookup (no header, a bad scheme, a
+    malformed key, an active key seen lately); None when the key must be looked up."""
     if authorization is None:
         return ANONYMOUS
-    scheme, _, secret = authorization.partition(" ")
-    secret = secret.strip()
-    if scheme.lower() != "bearer" or not secret:
+    secret = _secret(authorization)
+    if not secret:
         return Authentication("bad-scheme", refusal="Use 'Authorization: Bearer <api key>'.")
-    found = keys.identify(secret)
+    found = keys.known(secret)
+    return _authentication(found) if found is not None else None
+
+
+def _secret(authorization: str | None) -> str:
+    """The key of ``Bearer <key>``; empty for any other scheme."""
+    scheme, _, secret = (authorization or "").partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" else ""
+
+
+def _authentication(found: Identified) -> Authentication:
     if found.status == "active":
         return Authentication("active", key=found.key, prefix=found.prefix)
     if found.status == "malformed":

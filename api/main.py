@@ -64,6 +64,7 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
         try:
             yield
         finally:
+            await guard.aclose()
             guard.close()  # … and once more on the way out
             app.state.rate_guard = None
             if own:

@@ -30,17 +30,20 @@ processes' hits only add to the count).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
+import redis.asyncio
 import structlog
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -103,11 +106,16 @@ class Decision:
 class Limiter(Protocol):
     """Counts hits per bucket; see the module's docstring."""
 
-    #: True when :meth:`hit` may wait on the network (call it off the event loop).
-    blocking: bool
-
     def hit(self, bucket: str, rate: Rate, cost: int = 1) -> Decision:
         """Take ``cost`` from ``bucket``'s budget under ``rate``, if it fits."""
+        ...
+
+    async def hit_async(self, bucket: str, rate: Rate, cost: int = 1) -> Decision:
+        """:meth:`hit` on the event loop: never blocks it (no thread needed)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Let go of what :meth:`hit_async` holds, on its event loop (before :meth:`close`)."""
         ...
 
     def close(self) -> None: ...
@@ -181,8 +189,6 @@ class _Refusals:
 class MemoryLimiter:
     """Counts in this process (`limits`' memory storage): embedded mode, and the fallback."""
 
-    blocking = False
-
     def __init__(self) -> None:
         self.storage = MemoryStorage()
         self.strategy = SlidingWindowCounterRateLimiter(self.storage)
@@ -190,6 +196,12 @@ class MemoryLimiter:
 
     def hit(self, bucket: str, rate: Rate, cost: int = 1) -> Decision:
         return self._hit(bucket, rate, cost, shared=False)
+
+    async def hit_async(self, bucket: str, rate: Rate, cost: int = 1) -> Decision:
+        return self._hit(bucket, rate, cost, shared=False)
+
+    async def aclose(self) -> None:
+        pass
 
     def _hit(self, bucket: str, rate: Rate, cost: int, *, shared: bool) -> Decision:
         key = rate.key_for(bucket)
@@ -209,8 +221,6 @@ class MemoryLimiter:
 class RedisLimiter:
     """Counts in Redis, shared by every API process; decides in process while Redis is down."""
 
-    blocking = True
-
     def __init__(
         self, url: str, *, prefix: str = "concord:ratelimit", timeout_s: float = REDIS_TIMEOUT_S
     ) -> None:
@@ -223,6 +233,11 @@ class RedisLimiter:
         )
         self.client = redis.Redis(connection_pool=pool)
         self.storage = RedisStorage(url, connection_pool=pool, key_prefix=prefix)
+        self._url = url
+        self._timeout_s = timeout_s
+        #: The asyncio client of :meth:`hit_async`, for the event loop it was made on (an
+        #: asyncio connection belongs to one loop).
+        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis] | None = None
         self.fallback = MemoryLimiter()
         self._refusals = _Refusals()
         self._down_until = 0.0
@@ -231,16 +246,42 @@ class RedisLimiter:
 
     def hit(self, bucket: str, rate: Rate, cost: int = 1) -> Decision:
         key = rate.key_for(bucket)
-        remembered = self._refusals.check(key)
-        if remembered is not None:
-            return remembered
-        if time.monotonic() < self._down_until:
-            return self._in_process(bucket, rate, cost)
+        early = self._before(key, bucket, rate, cost)
+        if early is not None:
+            return early
         try:
             acquired, window = self._acquire(key, rate, cost)
         except redis.RedisError as exc:
             self._went_down(exc)
             return self._in_process(bucket, rate, cost)
+        return self._after(key, rate, acquired, window)
+
+    async def hit_async(self, bucket: str, rate: Rate, cost: int = 1) -> Decision:
+        """:meth:`hit` through an asyncio Redis client: the same round trip, the same
+        scripts and keys, the same fallback; no thread hop for the caller."""
+        key = rate.key_for(bucket)
+        early = self._before(key, bucket, rate, cost)
+        if early is not None:
+            return early
+        try:
+            acquired, window = await self._acquire_async(key, rate, cost)
+        except (TimeoutError, redis.RedisError, OSError) as exc:
+            self._went_down(exc)
+            return self._in_process(bucket, rate, cost)
+        return self._after(key, rate, acquired, window)
+
+    def _before(self, key: str, bucket: str, rate: Rate, cost: int) -> Decision | None:
+        """A decision without Redis: a remembered refusal, or Redis known to be down."""
+        remembered = self._refusals.check(key)
+        if remembered is not None:
+            return remembered
+        if time.monotonic() < self._down_until:
+            return self._in_process(bucket, rate, cost)
+        return None
+
+    def _after(
+        self, key: str, rate: Rate, acquired: bool, window: tuple[int, float, int, float]
+    ) -> Decision:
         if self._down:
             with self._lock:
                 if self._down:
@@ -250,10 +291,8 @@ class RedisLimiter:
         self._refusals.remember(key, decision)
         return decision
 
-    def _acquire(
-        self, key: str, rate: Rate, cost: int
-    ) -> tuple[bool, tuple[int, float, int, float]]:
-        """`limits`' acquire script and its window read in one pipelined round trip."""
+    def _script_args(self, key: str, rate: Rate, cost: int) -> tuple[tuple[Any, ...], ...]:
+        """The arguments of the two EVALSHAs: `limits`' acquire script and its window read."""
         storage = self.storage
         keys = (
             storage.prefixed_key(storage._previous_window_key(key)),
@@ -261,28 +300,68 @@ class RedisLimiter:
         )
         expiry = rate.get_expiry()
         acquire, read = storage.lua_acquire_sliding_window, storage.lua_sliding_window
+        return (
+            (acquire.sha, 2, *keys, rate.amount, expiry, cost),
+            (read.sha, 2, *keys, expiry),
+        )
+
+    def _acquire(
+        self, key: str, rate: Rate, cost: int
+    ) -> tuple[bool, tuple[int, float, int, float]]:
+        """`limits`' acquire script and its window read in one pipelined round trip."""
         for attempt in (1, 2):
             pipe = self.client.pipeline(transaction=False)
             # Plain EVALSHA: Script objects in a pipeline would ask SCRIPT EXISTS every time.
-            pipe.evalsha(acquire.sha, 2, *keys, rate.amount, expiry, cost)
-            pipe.evalsha(read.sha, 2, *keys, expiry)
+            for args in self._script_args(key, rate, cost):
+                pipe.evalsha(*args)
             try:
                 acquired, window = pipe.execute()
             except redis.exceptions.NoScriptError:
                 if attempt == 2:
                     raise
                 # A restarted (or flushed) Redis forgot the scripts: load them, then once more.
-                for script in (acquire, read):
+                for script in self._scripts():
                     script.sha = self.client.script_load(script.script)
                 continue
             break
-        previous, previous_ttl, current, current_ttl = window or (0, 0, 0, 0)
-        return bool(acquired), (
-            int(previous or 0),
-            max(0.0, float(previous_ttl or 0)) / 1000,
-            int(current or 0),
-            max(0.0, float(current_ttl or 0)) / 1000,
-        )
+        return _window(acquired, window)
+
+    async def _acquire_async(
+        self, key: str, rate: Rate, cost: int
+    ) -> tuple[bool, tuple[int, float, int, float]]:
+        """:meth:`_acquire` on the event loop."""
+        client = self._async_client()
+        for attempt in (1, 2):
+            pipe = client.pipeline(transaction=False)
+            for args in self._script_args(key, rate, cost):
+                pipe.evalsha(*args)
+            try:
+                acquired, window = await pipe.execute()
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                for script in self._scripts():
+                    script.sha = await client.script_load(script.script)
+                continue
+            break
+        return _window(acquired, window)
+
+    def _scripts(self) -> tuple[Any, Any]:
+        return self.storage.lua_acquire_sliding_window, self.storage.lua_sliding_window
+
+    def _async_client(self) -> redis.asyncio.Redis:
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            # A client made on another loop (closed by now: one app, started again) is dropped.
+            # The same settings as the blocking client: short timeouts, no retries.
+            pool = redis.asyncio.ConnectionPool.from_url(
+                self._url,
+                socket_timeout=self._timeout_s,
+                socket_connect_timeout=self._timeout_s,
+                retry=AsyncRetry(NoBackoff(), 0),
+            )
+            self._async = (loop, redis.asyncio.Redis(connection_pool=pool))
+        return self._async[1]
 
     def _in_process(self, bucket: str, rate: Rate, cost: int) -> Decision:
         count_rate_limit_fallback()
@@ -298,9 +377,26 @@ class RedisLimiter:
                     error=repr(exc),
                 )
 
+    async def aclose(self) -> None:
+        made, self._async = self._async, None
+        if made is not None and made[0] is asyncio.get_running_loop():
+            await made[1].aclose(close_connection_pool=True)
+
     def close(self) -> None:
         self.fallback.close()
         self.client.close()
+        self._async = None  # its sockets are closed by aclose(), on their loop
+
+
+def _window(acquired: Any, window: Any) -> tuple[bool, tuple[int, float, int, float]]:
+    """The acquire script's answer and the window read, as numbers (TTLs in seconds)."""
+    previous, previous_ttl, current, current_ttl = window or (0, 0, 0, 0)
+    return bool(acquired), (
+        int(previous or 0),
+        max(0.0, float(previous_ttl or 0)) / 1000,
+        int(current or 0),
+        max(0.0, float(current_ttl or 0)) / 1000,
+    )
 
 
 def limiter_for(settings: Settings) -> Limiter:

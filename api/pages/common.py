@@ -344,10 +344,7 @@ async def rate_limited(request: Request, system: System, token: str) -> HTMLResp
         rate = parse_rate(text)
         if rate is None:
             continue
-        if limiter.blocking:
-            decision = await in_thread(limiter.hit, bucket, rate)
-        else:
-            decision = limiter.hit(bucket, rate)
+        decision = await in_thread(limiter.hit, bucket, rate)
         if not decision.allowed:
             return message(
                 429,
