@@ -56,6 +56,10 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
         own = system is None
         running = system or bootstrap(settings)
         app.state.system = running
+        # FastAPI prepares each route (its dependencies, pydantic adapters) the first time a
+        # request is matched against its router: about a second of CPU per process, which the
+        # first requests would otherwise wait for. The OpenAPI document walks every route.
+        app.openapi()
         if background:
             running.start_background()
         live.drain_on_signals()  # a stop signal ends live event streams, so shutdown is not held
