@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI
 from api import openapi, pages, problems, ratelimit
 from api.deps import current_principal
 from api.idempotency import Idempotency
-from api.middleware import BodyLimit, RequestContext, RetryReads
+from api.middleware import BodyLimit, RequestContext
 from api.routers import (
     api_keys,
     consultations,
@@ -102,6 +102,5 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
     app.add_middleware(Idempotency)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ratelimit.Throttle)
-    app.add_middleware(RetryReads)
-    app.add_middleware(RequestContext)
+    app.add_middleware(RequestContext)  # … which also retries a read that lost its connection
     return app
