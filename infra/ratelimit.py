@@ -16,7 +16,7 @@ bucket, no burst of twice the quota at a window edge (as a fixed window allows).
 
 * **Shared** (:class:`RedisLimiter`): the count lives in Redis, so every API process draws from
   one budget. A hit is one round trip: `limits`' own atomic acquire script and its window read,
-  pipelined (``limits`` itself would ask a second time for what remains). When Redis cannot be
+  in one script (``limits`` itself would ask a second time for what remains). When Redis cannot be
   reached the hit is decided in this process instead (:class:`MemoryLimiter`, same rates), a
   warning is logged once per outage and ``concord_rate_limit_fallbacks_total`` counts each such
   decision: a limiter outage never fails a request, and budgets are per process until Redis is
@@ -45,6 +45,7 @@ from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.retry import Retry
 
 from infra.metrics import count_rate_limit_fallback
@@ -62,6 +63,63 @@ REDIS_TIMEOUT_S = 0.25
 MAX_REMEMBERED = 50_000
 
 OFF = ("off", "none", "unlimited")
+
+#: `limits`' two sliding-window scripts (``acquire_sliding_window.lua``, then
+#: ``sliding_window.lua``) in one call, on the same keys and with the same arithmetic: take
+#: ARGV[3] hits if they fit (1 or 0), then the window as the read script returns it —
+#: previous count, its TTL, current count, its TTL (milliseconds; a missing key is nil, -2).
+#: KEYS: previous and current window; ARGV: limit, expiry (seconds), cost.
+ACQUIRE_AND_READ = """
+local limit = tonumber(ARGV[1])
+local expiry = tonumber(ARGV[2]) * 1000
+local amount = tonumber(ARGV[3])
+
+local function shift()
+    -- The current window expired: it becomes the previous one.
+    local current_ttl = tonumber(redis.call('pttl', KEYS[2]))
+    if current_ttl > 0 and current_ttl < expiry then
+        redis.call('rename', KEYS[2], KEYS[1])
+        redis.call('set', KEYS[2], 0, 'PX', current_ttl + expiry)
+    end
+end
+
+local function acquire()
+    if amount > limit then
+        return 0
+    end
+    shift()
+    local previous_count = tonumber(redis.call('get', KEYS[1])) or 0
+    local previous_ttl = tonumber(redis.call('pttl', KEYS[1])) or 0
+    local current_count = tonumber(redis.call('get', KEYS[2])) or 0
+    local current_ttl = tonumber(redis.call('pttl', KEYS[2])) or 0
+    if previous_ttl <= 0 then
+        previous_ttl = 0
+    end
+    if current_ttl <= 0 then
+        current_ttl = 0
+    end
+    local weighted_count = math.floor(previous_count * previous_ttl / expiry) + current_count
+    if (weighted_count + amount) > limit then
+        return 0
+    end
+    if redis.call('exists', KEYS[2]) == 1 then
+        redis.call('incrby', KEYS[2], amount)
+    else
+        redis.call('set', KEYS[2], amount, 'PX', expiry * 2)
+    end
+    return 1
+end
+
+local acquired = acquire()
+shift()
+return {
+    acquired,
+    redis.call('get', KEYS[1]),
+    redis.call('pttl', KEYS[1]),
+    redis.call('get', KEYS[2]),
+    redis.call('pttl', KEYS[2]),
+}
+"""
 
 
 def parse_rate(text: str) -> Rate | None:
@@ -235,9 +293,11 @@ class RedisLimiter:
         self.storage = RedisStorage(url, connection_pool=pool, key_prefix=prefix)
         self._url = url
         self._timeout_s = timeout_s
-        #: The asyncio client of :meth:`hit_async`, for the event loop it was made on (an
-        #: asyncio connection belongs to one loop).
-        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis] | None = None
+        self._script = self.client.register_script(ACQUIRE_AND_READ)
+        #: The asyncio client of :meth:`hit_async` (and its script), for the event loop it was
+        #: made on (an asyncio connection belongs to one loop).
+        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, AsyncScript] | None
+        self._async = None
         self.fallback = MemoryLimiter()
         self._refusals = _Refusals()
         self._down_until = 0.0
@@ -291,65 +351,32 @@ class RedisLimiter:
         self._refusals.remember(key, decision)
         return decision
 
-    def _script_args(self, key: str, rate: Rate, cost: int) -> tuple[tuple[Any, ...], ...]:
-        """The arguments of the two EVALSHAs: `limits`' acquire script and its window read."""
+    def _script_args(self, key: str, rate: Rate, cost: int) -> tuple[list[str], list[int]]:
+        """The keys and arguments of :data:`ACQUIRE_AND_READ`: `limits`' own keys."""
         storage = self.storage
-        keys = (
+        keys = [
             storage.prefixed_key(storage._previous_window_key(key)),
             storage.prefixed_key(storage._current_window_key(key)),
-        )
-        expiry = rate.get_expiry()
-        acquire, read = storage.lua_acquire_sliding_window, storage.lua_sliding_window
-        return (
-            (acquire.sha, 2, *keys, rate.amount, expiry, cost),
-            (read.sha, 2, *keys, expiry),
-        )
+        ]
+        return keys, [rate.amount, rate.get_expiry(), cost]
 
     def _acquire(
         self, key: str, rate: Rate, cost: int
     ) -> tuple[bool, tuple[int, float, int, float]]:
-        """`limits`' acquire script and its window read in one pipelined round trip."""
-        for attempt in (1, 2):
-            pipe = self.client.pipeline(transaction=False)
-            # Plain EVALSHA: Script objects in a pipeline would ask SCRIPT EXISTS every time.
-            for args in self._script_args(key, rate, cost):
-                pipe.evalsha(*args)
-            try:
-                acquired, window = pipe.execute()
-            except redis.exceptions.NoScriptError:
-                if attempt == 2:
-                    raise
-                # A restarted (or flushed) Redis forgot the scripts: load them, then once more.
-                for script in self._scripts():
-                    script.sha = self.client.script_load(script.script)
-                continue
-            break
-        return _window(acquired, window)
+        """Take from the window and read it back: one EVALSHA (the script is loaded again if
+        Redis forgot it)."""
+        keys, args = self._script_args(key, rate, cost)
+        return _window(self._script(keys=keys, args=args))
 
     async def _acquire_async(
         self, key: str, rate: Rate, cost: int
     ) -> tuple[bool, tuple[int, float, int, float]]:
         """:meth:`_acquire` on the event loop."""
-        client = self._async_client()
-        for attempt in (1, 2):
-            pipe = client.pipeline(transaction=False)
-            for args in self._script_args(key, rate, cost):
-                pipe.evalsha(*args)
-            try:
-                acquired, window = await pipe.execute()
-            except redis.exceptions.NoScriptError:
-                if attempt == 2:
-                    raise
-                for script in self._scripts():
-                    script.sha = await client.script_load(script.script)
-                continue
-            break
-        return _window(acquired, window)
+        client, script = self._async_client()
+        keys, args = self._script_args(key, rate, cost)
+        return _window(await script(keys=keys, args=args, client=client))
 
-    def _scripts(self) -> tuple[Any, Any]:
-        return self.storage.lua_acquire_sliding_window, self.storage.lua_sliding_window
-
-    def _async_client(self) -> redis.asyncio.Redis:
+    def _async_client(self) -> tuple[redis.asyncio.Redis, AsyncScript]:
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
             # A client made on another loop (closed by now: one app, started again) is dropped.
@@ -360,8 +387,9 @@ class RedisLimiter:
                 socket_connect_timeout=self._timeout_s,
                 retry=AsyncRetry(NoBackoff(), 0),
             )
-            self._async = (loop, redis.asyncio.Redis(connection_pool=pool))
-        return self._async[1]
+            client = redis.asyncio.Redis(connection_pool=pool)
+            self._async = (loop, client, client.register_script(ACQUIRE_AND_READ))
+        return self._async[1], self._async[2]
 
     def _in_process(self, bucket: str, rate: Rate, cost: int) -> Decision:
         count_rate_limit_fallback()
@@ -388,9 +416,9 @@ class RedisLimiter:
         self._async = None  # its sockets are closed by aclose(), on their loop
 
 
-def _window(acquired: Any, window: Any) -> tuple[bool, tuple[int, float, int, float]]:
-    """The acquire script's answer and the window read, as numbers (TTLs in seconds)."""
-    previous, previous_ttl, current, current_ttl = window or (0, 0, 0, 0)
+def _window(answer: Any) -> tuple[bool, tuple[int, float, int, float]]:
+    """:data:`ACQUIRE_AND_READ`'s answer as numbers (TTLs in seconds)."""
+    acquired, previous, previous_ttl, current, current_ttl = answer
     return bool(acquired), (
         int(previous or 0),
         max(0.0, float(previous_ttl or 0)) / 1000,
