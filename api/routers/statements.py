@@ -22,6 +22,7 @@ from api.commands import etag, new_id, run
 from api.deps import Member, Organiser, Principal, PrincipalDep, SystemDep, ensure_acts_for
 from api.fields import Text
 from api.problems import ProblemError
+from api.responses import tagged
 from api.routers.consultations import load_doc, parse_as_of
 from api.routers.organisations import load_organisation
 from api.schemas import Problem
@@ -293,7 +294,6 @@ async def get_statement(
 )
 async def list_endorsements(
     statement_id: UUID,
-    response: Response,
     system: SystemDep,
     principal: PrincipalDep,
     format: Literal["json", "csv"] = "json",
@@ -329,8 +329,7 @@ async def list_endorsements(
                 "ETag": f'"{version}"',
             },
         )
-    etag(response, version)
-    return {
+    page = {
         "data": _signatories(folded.at, counts["active"][offset : offset + limit]),
         "total": counts["count"],
         "limit": limit,
@@ -339,6 +338,7 @@ async def list_endorsements(
         "by_kind": counts["by_kind"],
         "content_hash": state.content_hash,
     }
+    return tagged(page, version)  # already JSON: no jsonable_encoder pass over the page
 
 
 @router.get("/v1/statements/{statement_id}/document.{kind}", responses={404: {"model": Problem}})
