@@ -125,9 +125,19 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = dict(scope["headers"]).get(b"content-length")
+        length = chunked = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                chunked = value
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             await self._refuse(scope, send)
+            return
+        if chunked is None:
+            # A body of a length within the limit (uvicorn hands the app exactly that many
+            # bytes), or none at all: nothing to count, no wrappers on this request.
+            await self.app(scope, receive, send)
             return
         received = 0
         exceeded = False
