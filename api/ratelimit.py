@@ -26,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -118,7 +119,12 @@ def client_address(scope: Scope) -> str:
     """The client's address as uvicorn reports it (after ``--proxy-headers`` from trusted
     proxies); an IPv6 client is counted by its /64, which one subscriber usually holds whole."""
     client = scope.get("client")
-    host = str(client[0]) if client else "unknown"
+    return _counted_as(str(client[0]) if client else "unknown")
+
+
+@lru_cache(maxsize=4096)
+def _counted_as(host: str) -> str:
+    """What :func:`client_address` counts ``host`` as (parsed once per address, not per request)."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
