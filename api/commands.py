@@ -8,10 +8,10 @@ from uuid import UUID, uuid4, uuid5
 
 import structlog
 from fastapi import Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import Principal
 from api.problems import Accepted, domain_status
+from api.threads import in_thread
 from infra.bootstrap import System
 from infra.metrics import count_command
 from services.bus import Job, Outcome, PreconditionFailed
@@ -70,7 +70,7 @@ async def run(
 
     name = type(command).__name__
     try:
-        outcome, readable = await run_in_threadpool(execute)
+        outcome, readable = await in_thread(execute)
     except Exception as exc:
         count_command(name, outcome_class(exc))
         raise

@@ -10,11 +10,11 @@ from uuid import UUID
 
 import structlog
 from fastapi import Depends, Header, Request
-from starlette.concurrency import run_in_threadpool
 
 from api.problems import ProblemError
+from api.threads import in_thread
 from infra.bootstrap import System
-from infra.keys import ROLES, ApiKey, ApiKeys
+from infra.keys import ROLES, ApiKey, ApiKeys, Identified
 from infra.projections.projector import ProjectionTimeout
 from services.ports import Metadata
 
@@ -103,14 +103,33 @@ ANONYMOUS = Authentication()
 
 
 def authenticate(keys: ApiKeys, authorization: str | None) -> Authentication:
-    """Check ``Authorization: Bearer <key>`` (a database lookup unless the key is malformed)."""
+    """Check ``Authorization: Bearer <key>`` (a database lookup unless the key is malformed
+    or, within ``CONCORD_KEY_CACHE_S``, already known)."""
+    known = authenticate_known(keys, authorization)
+    if known is not None:
+        return known
+    return _authentication(keys.identify(_secret(authorization)))
+
+
+def authenticate_known(keys: ApiKeys, authorization: str | None) -> Authentication | None:
+    """:func:`authenticate` when it needs no database lookup (no header, a bad scheme, a
+    malformed key, an active key seen lately); None when the key must be looked up."""
     if authorization is None:
         return ANONYMOUS
-    scheme, _, secret = authorization.partition(" ")
-    secret = secret.strip()
-    if scheme.lower() != "bearer" or not secret:
+    secret = _secret(authorization)
+    if not secret:
         return Authentication("bad-scheme", refusal="Use 'Authorization: Bearer <api key>'.")
-    found = keys.identify(secret)
+    found = keys.known(secret)
+    return _authentication(found) if found is not None else None
+
+
+def _secret(authorization: str | None) -> str:
+    """The key of ``Bearer <key>``; empty for any other scheme."""
+    scheme, _, secret = (authorization or "").partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" else ""
+
+
+def _authentication(found: Identified) -> Authentication:
     if found.status == "active":
         return Authentication("active", key=found.key, prefix=found.prefix)
     if found.status == "malformed":
@@ -121,15 +140,16 @@ def authenticate(keys: ApiKeys, authorization: str | None) -> Authentication:
     return Authentication(found.status, refusal=detail, prefix=found.prefix, revoked=revoked)
 
 
-async def current_principal(
-    request: Request,
-    system: SystemDep,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> Principal:
-    """The caller's key from ``Authorization: Bearer …``; anonymous without the header."""
+async def current_principal(request: Request) -> Principal:
+    """The caller's key from ``Authorization: Bearer …``; anonymous without the header.
+
+    Its only parameter is the request (no sub-dependencies to solve on every call): the rate
+    limiter has authenticated it already, and the header is not part of any route's schema."""
     auth: Authentication | None = request.scope.get("state", {}).get("auth")
     if auth is None:  # a route the rate limiter does not see (/metrics)
-        auth = await run_in_threadpool(authenticate, system.keys, authorization)
+        system: System = request.app.state.system
+        authorization = request.headers.get("authorization")
+        auth = await in_thread(authenticate, system.keys, authorization)
     if auth.refusal is not None:
         raise ProblemError(
             401, "Unauthorized", auth.refusal, type_="unauthenticated", headers=_UNAUTHENTICATED
@@ -221,7 +241,7 @@ IfMatch = Annotated[int | None, Depends(if_match)]
 
 
 async def wait_for_min_position(
-    system: SystemDep,
+    request: Request,
     x_min_position: Annotated[
         int | None,
         Header(
@@ -234,7 +254,8 @@ async def wait_for_min_position(
     """Honour ``X-Min-Position``: wait until the projections include it, else 503."""
     if x_min_position is None or x_min_position == 0:
         return
-    if x_min_position > await run_in_threadpool(system.store.head_position):
+    system: System = request.app.state.system
+    if x_min_position > await in_thread(system.store.head_position):
         # Positions are handed out only once numbered, so this one was never issued (yet).
         raise ProblemError(
             503,
@@ -244,7 +265,7 @@ async def wait_for_min_position(
             headers={"Retry-After": "1"},
         )
     try:
-        await run_in_threadpool(system.projector.wait_for, x_min_position, MIN_POSITION_WAIT_S)
+        await in_thread(system.projector.wait_for, x_min_position, MIN_POSITION_WAIT_S)
     except ProjectionTimeout:
         raise ProblemError(
             503,

@@ -10,12 +10,12 @@ from typing import Any
 
 import orjson
 import structlog
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import authenticate
 from api.problems import PROBLEM, TYPE_BASE
+from api.threads import in_thread
 from infra.idempotency import IdempotencyStore
 
 #: Response headers replayed with a stored response.
@@ -75,7 +75,7 @@ class Idempotency:
             + body
         ).hexdigest()
         store = IdempotencyStore(system.db, timedelta(seconds=system.settings.idempotency_lease_s))
-        stored = await run_in_threadpool(store.claim, scope_id, key, request_hash)
+        stored = await in_thread(store.claim, scope_id, key, request_hash)
         if stored is not None:
             if stored.request_hash != request_hash:
                 await _problem(
@@ -147,7 +147,7 @@ class Idempotency:
         else:
             # Any other answer is final, whatever it is: a retry replays it.
             stored_body = _redact(scope["path"], b"".join(chunks))
-            await run_in_threadpool(store.complete, scope_id, key, status, kept, stored_body)
+            await in_thread(store.complete, scope_id, key, status, kept, stored_body)
 
 
 #: Response fields never kept for replay: secrets are shown once.
@@ -178,14 +178,14 @@ async def _hold(store: IdempotencyStore, scope_id: str, key: str) -> None:
     while True:
         await asyncio.sleep(store.lease.total_seconds() / 3)
         try:
-            await run_in_threadpool(store.renew, scope_id, key)
+            await in_thread(store.renew, scope_id, key)
         except Exception as exc:  # the request itself will meet the same trouble and say so
             log.warning("idempotency claim not renewed", error=repr(exc))
 
 
 async def _release(store: IdempotencyStore, scope_id: str, key: str) -> None:
     try:
-        await run_in_threadpool(store.release, scope_id, key)
+        await in_thread(store.release, scope_id, key)
     except Exception as exc:  # the database is away: the claim lapses after its lease instead
         log.warning("idempotency claim not released", error=repr(exc))
 
@@ -194,7 +194,7 @@ async def _valid(scope: Scope, system: Any, credentials: bytes) -> bool:
     # The rate limiter (api/ratelimit.py) has looked the key up already.
     auth = scope.get("state", {}).get("auth")
     if auth is None:
-        auth = await run_in_threadpool(authenticate, system.keys, credentials.decode("latin-1"))
+        auth = await in_thread(authenticate, system.keys, credentials.decode("latin-1"))
     return auth.key is not None
 
 

@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI
 from api import openapi, pages, problems, ratelimit
 from api.deps import current_principal
 from api.idempotency import Idempotency
-from api.middleware import BodyLimit, RequestContext, RetryReads
+from api.middleware import BodyLimit, RequestContext
 from api.routers import (
     api_keys,
     consultations,
@@ -56,6 +56,10 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
         own = system is None
         running = system or bootstrap(settings)
         app.state.system = running
+        # FastAPI prepares each route (its dependencies, pydantic adapters) the first time a
+        # request is matched against its router: about a second of CPU per process, which the
+        # first requests would otherwise wait for. The OpenAPI document walks every route.
+        app.openapi()
         if background:
             running.start_background()
         live.drain_on_signals()  # a stop signal ends live event streams, so shutdown is not held
@@ -64,6 +68,7 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
         try:
             yield
         finally:
+            await guard.aclose()
             guard.close()  # … and once more on the way out
             app.state.rate_guard = None
             if own:
@@ -97,6 +102,5 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
     app.add_middleware(Idempotency)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ratelimit.Throttle)
-    app.add_middleware(RetryReads)
-    app.add_middleware(RequestContext)
+    app.add_middleware(RequestContext)  # … which also retries a read that lost its connection
     return app

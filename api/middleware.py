@@ -1,9 +1,10 @@
-"""ASGI middleware: correlation ids, a request body size limit, reads retried once."""
+"""ASGI middleware: correlation ids and reads retried once (one layer); a body size limit."""
 
 from __future__ import annotations
 
 import re
 import uuid
+from typing import Any
 
 import orjson
 import structlog
@@ -19,7 +20,16 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class RequestContext:
-    """Take ``X-Request-ID`` (or make one), bind it to logs and echo it on the response."""
+    """Take ``X-Request-ID`` (or make one), bind it to logs and echo it on the response; and
+    run a read that lost its database connection once more before the client hears of it.
+
+    A database restart or ``pg_terminate_backend`` drops every pooled connection at once; the
+    first request to meet a dead one fails, and the pool then replaces them all (infra/db.py).
+    Reading twice changes nothing, so a GET is simply tried again; a write answers 503 and the
+    client retries it with its ``Idempotency-Key``.
+
+    Both in one layer: every layer is another call and another ``send`` wrapper per request.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -28,20 +38,72 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        given = _header(scope, b"x-request-id")
         request_id = given if _SAFE_ID.match(given) else str(uuid.uuid4())
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        stamp = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+                message.setdefault("headers", []).append(stamp)
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            if scope["method"] in ("GET", "HEAD"):
+                await self._read(scope, receive, send, send_with_id, stamp, state)
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
             structlog.contextvars.unbind_contextvars("request_id")
+
+    async def _read(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        send_with_id: Send,
+        stamp: tuple[bytes, bytes],
+        state: dict[str, Any],
+    ) -> None:
+        """The read, and once more if its database connection was lost before it answered."""
+        held = False
+        started = False
+
+        async def first(message: Message) -> None:  # send_with_id's work too: one wrapper
+            nonlocal held, started
+            if message["type"] == "http.response.start" and not held:
+                if state.get(LOST):
+                    held = True  # the 503 of a lost connection: not sent (yet)
+                    return
+                started = True
+                message.setdefault("headers", []).append(stamp)
+            elif held:
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, first)
+        except Exception as exc:  # raised outside the app's handlers (authentication)
+            if started or not database_unavailable(exc):
+                raise
+            log.warning("read retried after a lost database connection", error=repr(exc))
+        else:
+            if not held:
+                return
+            log.warning("read retried after a lost database connection")
+        state.pop(LOST, None)
+        await self.app(scope, _no_body(receive), send_with_id)
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    """The last value of header ``name`` (lowercase), or an empty string."""
+    found = b""
+    for key, value in scope["headers"]:
+        if key == name:
+            found = value
+    return bytes(found).decode("latin-1")
 
 
 class BodyLimit:
@@ -63,9 +125,19 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = dict(scope["headers"]).get(b"content-length")
+        length = chunked = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                chunked = value
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             await self._refuse(scope, send)
+            return
+        if chunked is None:
+            # A body of a length within the limit (uvicorn hands the app exactly that many
+            # bytes), or none at all: nothing to count, no wrappers on this request.
+            await self.app(scope, receive, send)
             return
         received = 0
         exceeded = False
@@ -113,48 +185,6 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-class RetryReads:
-    """A read that lost its database connection runs once more before the client hears of it.
-
-    A database restart or ``pg_terminate_backend`` drops every pooled connection at once; the
-    first request to meet a dead one fails, and the pool then replaces them all (infra/db.py).
-    Reading twice changes nothing, so a GET is simply tried again; a write answers 503 and the
-    client retries it with its ``Idempotency-Key``.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})
-        held: list[Message] = []
-        started = False
-
-        async def first(message: Message) -> None:
-            nonlocal started
-            if held or (message["type"] == "http.response.start" and state.get(LOST)):
-                held.append(message)  # the 503 of a lost connection: not sent (yet)
-                return
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, first)
-        except Exception as exc:  # raised outside the app's handlers (authentication)
-            if started or not database_unavailable(exc):
-                raise
-            log.warning("read retried after a lost database connection", error=repr(exc))
-        else:
-            if not held:
-                return
-            log.warning("read retried after a lost database connection")
-        state.pop(LOST, None)
-        await self.app(scope, _no_body(receive), send)
 
 
 def _no_body(receive: Receive) -> Receive:

@@ -9,8 +9,10 @@ Each request draws from one budget (infra/ratelimit.py; settings ``CONCORD_RATE_
   budget left and 429 once it has none: the 401 check happens in the route's dependency, after
   this middleware let the request through.
 
-The key is looked up here, once (``scope["state"]["auth"]``, read by ``current_principal``), in
-the same worker thread as the limiter's Redis round trip. Limited responses carry
+The key is looked up here, once (``scope["state"]["auth"]``, read by ``current_principal``): on
+the event loop when it was seen within ``CONCORD_KEY_CACHE_S``, else in a worker thread; the
+limiter's Redis round trip is made on the event loop (an asyncio client), so a request with a
+known key costs no thread hop before it is routed. Limited responses carry
 ``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers); a refusal is a
 429 problem with ``Retry-After``. ``/health``, ``/ready`` and ``/metrics`` are not limited.
 
@@ -24,15 +26,16 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
 import structlog
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import ANONYMOUS, Authentication, authenticate
+from api.deps import Authentication, authenticate, authenticate_known
 from api.problems import PROBLEM, TYPE_BASE
+from api.threads import in_thread
 from infra.bootstrap import System
 from infra.key_usage import KeyUsage
 from infra.metrics import count_rate_limited
@@ -83,20 +86,28 @@ class Guard:
         self.limiter = limiter or limiter_for(system.settings)
         self.usage = KeyUsage(system.db)
 
-    def judge(self, authorization: str | None, client: str, write: bool) -> Verdict:
-        """Who is calling and whether their budget has room (a lookup and a Redis trip)."""
-        auth = authenticate(self.system.keys, authorization) if authorization else ANONYMOUS
+    async def judge(self, authorization: str | None, client: str, write: bool) -> Verdict:
+        """Who is calling (a lookup in a thread unless the key is known) and whether their
+        budget has room (a Redis round trip on the event loop)."""
+        keys = self.system.keys
+        auth = authenticate_known(keys, authorization)
+        if auth is None:
+            auth = await in_thread(authenticate, keys, authorization)
         if auth.key is not None:
             policy = "write" if write else "read"
             bucket = f"{policy}:{auth.key.id}"
         else:
             policy, bucket = "anonymous", f"anonymous:{client}"
         rate = getattr(self.policies, policy)
-        decision = self.limiter.hit(bucket, rate) if rate is not None else None
+        decision = await self.limiter.hit_async(bucket, rate) if rate is not None else None
         return Verdict(auth, policy, decision)
 
     def start(self) -> None:
         self.usage.start(self.system.settings.key_usage_flush_s)
+
+    async def aclose(self) -> None:
+        """Let go of the limiter's connections on this event loop (then :meth:`close`)."""
+        await self.limiter.aclose()
 
     def close(self) -> None:
         """Write the usage counted so far and let go of the limiter."""
@@ -108,7 +119,12 @@ def client_address(scope: Scope) -> str:
     """The client's address as uvicorn reports it (after ``--proxy-headers`` from trusted
     proxies); an IPv6 client is counted by its /64, which one subscriber usually holds whole."""
     client = scope.get("client")
-    host = str(client[0]) if client else "unknown"
+    return _counted_as(str(client[0]) if client else "unknown")
+
+
+@lru_cache(maxsize=4096)
+def _counted_as(host: str) -> str:
+    """What :func:`client_address` counts ``host`` as (parsed once per address, not per request)."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -136,10 +152,7 @@ class Throttle:
         authorization = raw.decode("latin-1") if raw is not None else None
         client = client_address(scope)
         write = scope["method"] not in READS
-        if authorization is not None or guard.limiter.blocking:
-            verdict = await run_in_threadpool(guard.judge, authorization, client, write)
-        else:
-            verdict = guard.judge(None, client, write)
+        verdict = await guard.judge(authorization, client, write)
         scope.setdefault("state", {})["auth"] = verdict.auth
         decision = verdict.decision
         headers = decision.headers(verdict.policy) if decision is not None else {}

@@ -162,6 +162,14 @@ class ApiKeys:
         )
         return key, secret
 
+    def known(self, secret: str) -> Identified | None:
+        """What :meth:`identify` says when it can say it without the database (a malformed
+        key, or an active one found within ``cache_s``); None when it would look it up."""
+        form, prefix = key_form(secret)
+        if form == "malformed":
+            return Identified(None, "malformed", prefix)
+        return self._cached(digest(secret))
+
     def identify(self, secret: str) -> Identified:
         """Which key this is (revoked ones too), or why it is none; a malformed or mistyped
         key is refused without a lookup."""
@@ -169,11 +177,9 @@ class ApiKeys:
         if form == "malformed":
             return Identified(None, "malformed", prefix)
         hashed = digest(secret)
-        if self.cache_s > 0:
-            with self._lock:
-                hit = self._active.get(hashed)
-            if hit is not None and time.monotonic() < hit[1]:
-                return hit[0]
+        hit = self._cached(hashed)
+        if hit is not None:
+            return hit
         with self.db.read() as conn:
             row = conn.execute(select(api_keys).where(api_keys.c.key_hash == hashed)).first()
         if row is None:
@@ -186,6 +192,15 @@ class ApiKeys:
                     self._active.clear()
                 self._active[hashed] = (found, time.monotonic() + self.cache_s)
         return found
+
+    def _cached(self, hashed: str) -> Identified | None:
+        if self.cache_s <= 0:
+            return None
+        with self._lock:
+            hit = self._active.get(hashed)
+        if hit is not None and time.monotonic() < hit[1]:
+            return hit[0]
+        return None
 
     def authenticate(self, secret: str) -> ApiKey | None:
         """The active key with this secret, or None."""

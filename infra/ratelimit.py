@@ -16,7 +16,7 @@ bucket, no burst of twice the quota at a window edge (as a fixed window allows).
 
 * **Shared** (:class:`RedisLimiter`): the count lives in Redis, so every API process draws from
   one budget. A hit is one round trip: `limits`' own atomic acquire script and its window read,
-  pipelined (``limits`` itself would ask a second time for what remains). When Redis cannot be
+  in one script (``limits`` itself would ask a second time for what remains). When Redis cannot be
   reached the hit is decided in this process instead (:class:`MemoryLimiter`, same rates), a
   warning is logged once per outage and ``concord_rate_limit_fallbacks_total`` counts each such
   decision: a limiter outage never fails a request, and budgets are per process until Redis is
@@ -30,18 +30,22 @@ processes' hits only add to the count).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
+import redis.asyncio
 import structlog
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.retry import Retry
 
 from infra.metrics import count_rate_limit_fallback
@@ -59,6 +63,63 @@ REDIS_TIMEOUT_S = 0.25
 MAX_REMEMBERED = 50_000
 
 OFF = ("off", "none", "unlimited")
+
+#: `limits`' two sliding-window scripts (``acquire_sliding_window.lua``, then
+#: ``sliding_window.lua``) in one call, on the same keys and with the same arithmetic: take
+#: ARGV[3] hits if they fit (1 or 0), then the window as the read script returns it —
+#: previous count, its TTL, current count, its TTL (milliseconds; a missing key is nil, -2).
+#: KEYS: previous and current window; ARGV: limit, expiry (seconds), cost.
+ACQUIRE_AND_READ = """
+local limit = tonumber(ARGV[1])
+local expiry = tonumber(ARGV[2]) * 1000
+local amount = tonumber(ARGV[3])
+
+local function shift()
+    -- The current window expired: it becomes the previous one.
+    local current_ttl = tonumber(redis.call('pttl', KEYS[2]))
+    if current_ttl > 0 and current_ttl < expiry then
+        redis.call('rename', KEYS[2], KEYS[1])
+        redis.call('set', KEYS[2], 0, 'PX', current_ttl + expiry)
+    end
+end
+
+local function acquire()
+    if amount > limit then
+        return 0
+    end
+    shift()
+    local previous_count = tonumber(redis.call('get', KEYS[1])) or 0
+    local previous_ttl = tonumber(redis.call('pttl', KEYS[1])) or 0
+    local current_count = tonumber(redis.call('get', KEYS[2])) or 0
+    local current_ttl = tonumber(redis.call('pttl', KEYS[2])) or 0
+    if previous_ttl <= 0 then
+        previous_ttl = 0
+    end
+    if current_ttl <= 0 then
+        current_ttl = 0
+    end
+    local weighted_count = math.floor(previous_count * previous_ttl / expiry) + current_count
+    if (weighted_count + amount) > limit then
+        return 0
+    end
+    if redis.call('exists', KEYS[2]) == 1 then
+        redis.call('incrby', KEYS[2], amount)
+    else
+        redis.call('set', KEYS[2], amount, 'PX', expiry * 2)
+    end
+    return 1
+end
+
+local acquired = acquire()
+shift()
+return {
+    acquired,
+    redis.call('get', KEYS[1]),
+    redis.call('pttl', KEYS[1]),
+    redis.call('get', KEYS[2]),
+    redis.call('pttl', KEYS[2]),
+}
+"""
 
 
 def parse_rate(text: str) -> Rate | None:
@@ -103,11 +164,16 @@ class Decision:
 class Limiter(Protocol):
     """Counts hits per bucket; see the module's docstring."""
 
-    #: True when :meth:`hit` may wait on the network (call it off the event loop).
-    blocking: bool
-
     def hit(self, bucket: str, rate: Rate, cost: int = 1) -> Decision:
         """Take ``cost`` from ``bucket``'s budget under ``rate``, if it fits."""
+        ...
+
+    async def hit_async(self, bucket: str, rate: Rate, cost: int = 1) -> Decision:
+        """:meth:`hit` on the event loop: never blocks it (no thread needed)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Let go of what :meth:`hit_async` holds, on its event loop (before :meth:`close`)."""
         ...
 
     def close(self) -> None: ...
@@ -181,8 +247,6 @@ class _Refusals:
 class MemoryLimiter:
     """Counts in this process (`limits`' memory storage): embedded mode, and the fallback."""
 
-    blocking = False
-
     def __init__(self) -> None:
         self.storage = MemoryStorage()
         self.strategy = SlidingWindowCounterRateLimiter(self.storage)
@@ -190,6 +254,12 @@ class MemoryLimiter:
 
     def hit(self, bucket: str, rate: Rate, cost: int = 1) -> Decision:
         return self._hit(bucket, rate, cost, shared=False)
+
+    async def hit_async(self, bucket: str, rate: Rate, cost: int = 1) -> Decision:
+        return self._hit(bucket, rate, cost, shared=False)
+
+    async def aclose(self) -> None:
+        pass
 
     def _hit(self, bucket: str, rate: Rate, cost: int, *, shared: bool) -> Decision:
         key = rate.key_for(bucket)
@@ -209,8 +279,6 @@ class MemoryLimiter:
 class RedisLimiter:
     """Counts in Redis, shared by every API process; decides in process while Redis is down."""
 
-    blocking = True
-
     def __init__(
         self, url: str, *, prefix: str = "concord:ratelimit", timeout_s: float = REDIS_TIMEOUT_S
     ) -> None:
@@ -223,6 +291,13 @@ class RedisLimiter:
         )
         self.client = redis.Redis(connection_pool=pool)
         self.storage = RedisStorage(url, connection_pool=pool, key_prefix=prefix)
+        self._url = url
+        self._timeout_s = timeout_s
+        self._script = self.client.register_script(ACQUIRE_AND_READ)
+        #: The asyncio client of :meth:`hit_async` (and its script), for the event loop it was
+        #: made on (an asyncio connection belongs to one loop).
+        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, AsyncScript] | None
+        self._async = None
         self.fallback = MemoryLimiter()
         self._refusals = _Refusals()
         self._down_until = 0.0
@@ -231,16 +306,42 @@ class RedisLimiter:
 
     def hit(self, bucket: str, rate: Rate, cost: int = 1) -> Decision:
         key = rate.key_for(bucket)
-        remembered = self._refusals.check(key)
-        if remembered is not None:
-            return remembered
-        if time.monotonic() < self._down_until:
-            return self._in_process(bucket, rate, cost)
+        early = self._before(key, bucket, rate, cost)
+        if early is not None:
+            return early
         try:
             acquired, window = self._acquire(key, rate, cost)
         except redis.RedisError as exc:
             self._went_down(exc)
             return self._in_process(bucket, rate, cost)
+        return self._after(key, rate, acquired, window)
+
+    async def hit_async(self, bucket: str, rate: Rate, cost: int = 1) -> Decision:
+        """:meth:`hit` through an asyncio Redis client: the same round trip, the same
+        scripts and keys, the same fallback; no thread hop for the caller."""
+        key = rate.key_for(bucket)
+        early = self._before(key, bucket, rate, cost)
+        if early is not None:
+            return early
+        try:
+            acquired, window = await self._acquire_async(key, rate, cost)
+        except (TimeoutError, redis.RedisError, OSError) as exc:
+            self._went_down(exc)
+            return self._in_process(bucket, rate, cost)
+        return self._after(key, rate, acquired, window)
+
+    def _before(self, key: str, bucket: str, rate: Rate, cost: int) -> Decision | None:
+        """A decision without Redis: a remembered refusal, or Redis known to be down."""
+        remembered = self._refusals.check(key)
+        if remembered is not None:
+            return remembered
+        if time.monotonic() < self._down_until:
+            return self._in_process(bucket, rate, cost)
+        return None
+
+    def _after(
+        self, key: str, rate: Rate, acquired: bool, window: tuple[int, float, int, float]
+    ) -> Decision:
         if self._down:
             with self._lock:
                 if self._down:
@@ -250,39 +351,45 @@ class RedisLimiter:
         self._refusals.remember(key, decision)
         return decision
 
+    def _script_args(self, key: str, rate: Rate, cost: int) -> tuple[list[str], list[int]]:
+        """The keys and arguments of :data:`ACQUIRE_AND_READ`: `limits`' own keys."""
+        storage = self.storage
+        keys = [
+            storage.prefixed_key(storage._previous_window_key(key)),
+            storage.prefixed_key(storage._current_window_key(key)),
+        ]
+        return keys, [rate.amount, rate.get_expiry(), cost]
+
     def _acquire(
         self, key: str, rate: Rate, cost: int
     ) -> tuple[bool, tuple[int, float, int, float]]:
-        """`limits`' acquire script and its window read in one pipelined round trip."""
-        storage = self.storage
-        keys = (
-            storage.prefixed_key(storage._previous_window_key(key)),
-            storage.prefixed_key(storage._current_window_key(key)),
-        )
-        expiry = rate.get_expiry()
-        acquire, read = storage.lua_acquire_sliding_window, storage.lua_sliding_window
-        for attempt in (1, 2):
-            pipe = self.client.pipeline(transaction=False)
-            # Plain EVALSHA: Script objects in a pipeline would ask SCRIPT EXISTS every time.
-            pipe.evalsha(acquire.sha, 2, *keys, rate.amount, expiry, cost)
-            pipe.evalsha(read.sha, 2, *keys, expiry)
-            try:
-                acquired, window = pipe.execute()
-            except redis.exceptions.NoScriptError:
-                if attempt == 2:
-                    raise
-                # A restarted (or flushed) Redis forgot the scripts: load them, then once more.
-                for script in (acquire, read):
-                    script.sha = self.client.script_load(script.script)
-                continue
-            break
-        previous, previous_ttl, current, current_ttl = window or (0, 0, 0, 0)
-        return bool(acquired), (
-            int(previous or 0),
-            max(0.0, float(previous_ttl or 0)) / 1000,
-            int(current or 0),
-            max(0.0, float(current_ttl or 0)) / 1000,
-        )
+        """Take from the window and read it back: one EVALSHA (the script is loaded again if
+        Redis forgot it)."""
+        keys, args = self._script_args(key, rate, cost)
+        return _window(self._script(keys=keys, args=args))
+
+    async def _acquire_async(
+        self, key: str, rate: Rate, cost: int
+    ) -> tuple[bool, tuple[int, float, int, float]]:
+        """:meth:`_acquire` on the event loop."""
+        client, script = self._async_client()
+        keys, args = self._script_args(key, rate, cost)
+        return _window(await script(keys=keys, args=args, client=client))
+
+    def _async_client(self) -> tuple[redis.asyncio.Redis, AsyncScript]:
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            # A client made on another loop (closed by now: one app, started again) is dropped.
+            # The same settings as the blocking client: short timeouts, no retries.
+            pool = redis.asyncio.ConnectionPool.from_url(
+                self._url,
+                socket_timeout=self._timeout_s,
+                socket_connect_timeout=self._timeout_s,
+                retry=AsyncRetry(NoBackoff(), 0),
+            )
+            client = redis.asyncio.Redis(connection_pool=pool)
+            self._async = (loop, client, client.register_script(ACQUIRE_AND_READ))
+        return self._async[1], self._async[2]
 
     def _in_process(self, bucket: str, rate: Rate, cost: int) -> Decision:
         count_rate_limit_fallback()
@@ -298,9 +405,26 @@ class RedisLimiter:
                     error=repr(exc),
                 )
 
+    async def aclose(self) -> None:
+        made, self._async = self._async, None
+        if made is not None and made[0] is asyncio.get_running_loop():
+            await made[1].aclose(close_connection_pool=True)
+
     def close(self) -> None:
         self.fallback.close()
         self.client.close()
+        self._async = None  # its sockets are closed by aclose(), on their loop
+
+
+def _window(answer: Any) -> tuple[bool, tuple[int, float, int, float]]:
+    """:data:`ACQUIRE_AND_READ`'s answer as numbers (TTLs in seconds)."""
+    acquired, previous, previous_ttl, current, current_ttl = answer
+    return bool(acquired), (
+        int(previous or 0),
+        max(0.0, float(previous_ttl or 0)) / 1000,
+        int(current or 0),
+        max(0.0, float(current_ttl or 0)) / 1000,
+    )
 
 
 def limiter_for(settings: Settings) -> Limiter:

@@ -15,9 +15,9 @@ from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 from starlette.staticfiles import StaticFiles
 
+from api.threads import in_thread
 from infra.bootstrap import System
 from infra.documents.model import ERASED
 from infra.documents.render import country_name, format_dates, format_moment, signed_by
@@ -186,7 +186,7 @@ async def load(system: System, statement_id: UUID) -> Loaded:
                     ).scalar_one_or_none()
         return Loaded(state, records, detail, organiser)
 
-    return await run_in_threadpool(fold)
+    return await in_thread(fold)
 
 
 def _plain(value: Personal[str] | None) -> str | None:
@@ -344,10 +344,7 @@ async def rate_limited(request: Request, system: System, token: str) -> HTMLResp
         rate = parse_rate(text)
         if rate is None:
             continue
-        if limiter.blocking:
-            decision = await run_in_threadpool(limiter.hit, bucket, rate)
-        else:
-            decision = limiter.hit(bucket, rate)
+        decision = await in_thread(limiter.hit, bucket, rate)
         if not decision.allowed:
             return message(
                 429,

@@ -30,7 +30,6 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import SystemDep
 from api.pages.common import (
@@ -45,6 +44,7 @@ from api.pages.common import (
     statement_status,
     text_view,
 )
+from api.threads import in_thread
 from infra.bootstrap import System
 from infra.documents.model import ERASED
 from infra.documents.render import format_moment
@@ -169,11 +169,11 @@ NOT_VALID = (
 
 async def _link(system: System, statement_id: str, token: str) -> Link:
     sid = parse_uuid(statement_id)
-    found = await run_in_threadpool(find_link, system, token) if sid is not None else None
+    found = await in_thread(find_link, system, token) if sid is not None else None
     if sid is None or found is None:
         raise Stop(message(404, *NOT_VALID))
     invitation_id, generation = found
-    invitation, _, _ = await run_in_threadpool(system.bus.load, INVITATION, invitation_id)
+    invitation, _, _ = await in_thread(system.bus.load, INVITATION, invitation_id)
     if invitation.statement_id != sid:  # a link is bound to its own statement
         raise Stop(message(404, *NOT_VALID))
     return Link(token, sid, generation, invitation)
@@ -259,7 +259,7 @@ async def _shown(system: System, link: Link) -> Shown:
             ).scalar_one_or_none()
             return str(found) if found is not None else None
 
-    organisation = await run_in_threadpool(name)
+    organisation = await in_thread(name)
     return Shown(loaded, organisation or "your organisation", system.bus.clock.now())
 
 
@@ -476,7 +476,7 @@ async def _posted(
     link = await _link(system, statement_id, token)
     form = await _form(request)
     _check_form_token(request, system, link, form)
-    invitation = await run_in_threadpool(repair, system, link.invitation, _correlation(request))
+    invitation = await in_thread(repair, system, link.invitation, _correlation(request))
     return replace(link, invitation=invitation), form
 
 
@@ -609,14 +609,14 @@ async def _endorse(
         _catch_up(system)
 
     try:
-        await run_in_threadpool(run)
+        await in_thread(run)
     except ContentHashMismatch:
         return _changed(link)
     except (AlreadyEndorsed, StatementError) as refused:
         # Someone got there first (this link in another tab, or the organisation by other
         # means), or the statement moved on: show the link as things now stand.
         log.info("endorsement by link refused", reason=refused.code)
-    fresh, _, _ = await run_in_threadpool(system.bus.load, INVITATION, link.invitation_id)
+    fresh, _, _ = await in_thread(system.bus.load, INVITATION, link.invitation_id)
     link = replace(link, invitation=fresh)
     return _show(request, system, link, await _shown(system, link), done=True)
 
@@ -665,7 +665,7 @@ async def withdraw(statement_id: str, token: str, request: Request, system: Syst
             _catch_up(system)
 
         try:
-            await run_in_threadpool(run)
+            await in_thread(run)
         except EndorsementsAreClosed:
             return message(
                 410,
@@ -712,5 +712,5 @@ async def opened(statement_id: str, token: str, request: Request, system: System
             if outcome.changed:
                 _catch_up(system)
 
-        await run_in_threadpool(run)
+        await in_thread(run)
     return Response(status_code=204, headers=dict(SECURITY_HEADERS))

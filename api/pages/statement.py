@@ -10,7 +10,6 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import SystemDep
 from api.pages.common import (
@@ -27,6 +26,7 @@ from api.pages.common import (
 from api.problems import ProblemError
 from api.routers.events import held_slot
 from api.schemas import Problem
+from api.threads import in_thread
 from infra.integration import live
 from services.registry import EVENTS
 from services.statements.model import STATEMENT
@@ -166,7 +166,7 @@ async def live_list(
             yield ServerSentEvent(comment="keep-alive")
             continue
         assert item.position is not None
-        body = await run_in_threadpool(snapshot, system, statement_id, item.position)
+        body = await in_thread(snapshot, system, statement_id, item.position)
         yield ServerSentEvent(
             raw_data=orjson.dumps(body).decode(), event="signatories", id=str(item.position)
         )

@@ -11,13 +11,13 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import Admin, Principal, SystemDep, require
 from api.fields import Text
 from api.problems import ProblemError
 from api.ratelimit import guard_of
 from api.schemas import Problem
+from api.threads import in_thread
 from infra import key_usage
 from infra.keys import ApiKey, KeyError_
 
@@ -90,7 +90,7 @@ async def create_api_key(body: ApiKeyCreate, system: SystemDep, principal: Admin
                 ],
             ) from None
     try:
-        key, secret = await run_in_threadpool(
+        key, secret = await in_thread(
             system.keys.create, body.role, body.name, body.organisation_id, principal.actor
         )
     except KeyError_ as exc:
@@ -101,7 +101,7 @@ async def create_api_key(body: ApiKeyCreate, system: SystemDep, principal: Admin
 @router.get("", response_model=list[ApiKeyPublic], responses=ERRORS)
 async def list_api_keys(system: SystemDep, _principal: Admin) -> list[ApiKeyPublic]:
     """Every key, active and revoked (never their secrets)."""
-    return [ApiKeyPublic.of(k) for k in await run_in_threadpool(system.keys.list)]
+    return [ApiKeyPublic.of(k) for k in await in_thread(system.keys.list)]
 
 
 @router.delete(
@@ -109,7 +109,7 @@ async def list_api_keys(system: SystemDep, _principal: Admin) -> list[ApiKeyPubl
 )
 async def revoke_api_key(key_id: UUID, system: SystemDep, principal: Admin) -> ApiKeyPublic:
     """Revoke a key at once (idempotent)."""
-    key = await run_in_threadpool(system.keys.revoke, key_id, principal.actor)
+    key = await in_thread(system.keys.revoke, key_id, principal.actor)
     if key is None:
         raise ProblemError(404, "Not found", f"No API key {key_id}.", type_="unknown-api-key")
     return ApiKeyPublic.of(key)
@@ -158,7 +158,7 @@ async def api_key_usage(
 
     Admins see every key; an organisation key sees the keys of its own organisation. Counts
     from other API processes arrive within ``CONCORD_KEY_USAGE_FLUSH`` seconds."""
-    key = await run_in_threadpool(system.keys.get, key_id)
+    key = await in_thread(system.keys.get, key_id)
     if principal.role != "admin" and (
         key is None
         or key.organisation_id is None
@@ -178,7 +178,7 @@ async def api_key_usage(
         guard_of(request.app).usage.flush()  # this process's counts, up to this request
         return system.keys.get(key_id), key_usage.hours(system.db, key_id, since)
 
-    fresh, rows = await run_in_threadpool(load)
+    fresh, rows = await in_thread(load)
     totals = key_usage.totals(rows)
     return ApiKeyUsagePublic(
         key=ApiKeyPublic.of(fresh or key),

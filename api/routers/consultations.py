@@ -11,7 +11,6 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, HttpUrl
 from sqlalchemy import and_, false, func, not_, select
-from starlette.concurrency import run_in_threadpool
 
 from api.commands import etag, new_id, run
 from api.deps import (
@@ -26,7 +25,9 @@ from api.deps import (
 )
 from api.fields import Country, Text, TimeZone
 from api.problems import ProblemError
+from api.responses import tagged
 from api.schemas import Problem
+from api.threads import in_thread
 from infra.bootstrap import System
 from infra.projections.consultations import consultations, document, registrations
 from infra.projections.organisations import organisations
@@ -267,7 +268,7 @@ def _missing_organisations(system: System, ids: dict[str, list[UUID]]) -> list[d
 
 
 async def check_organisations(system: System, **ids: list[UUID]) -> None:
-    errors = await run_in_threadpool(_missing_organisations, system, ids)
+    errors = await in_thread(_missing_organisations, system, ids)
     if errors:
         raise ProblemError(
             422,
@@ -287,7 +288,7 @@ async def load_doc(system: System, consultation_id: UUID) -> dict[str, Any]:
                 )
             ).scalar()
 
-    doc = await run_in_threadpool(load)
+    doc = await in_thread(load)
     if doc is None:
         raise ProblemError(
             404, "Not found", f"No consultation {consultation_id}.", type_="unknown-consultation"
@@ -412,7 +413,7 @@ async def _check_series(system: System, series_id: UUID, country: str) -> None:
                 )
             ).scalar()
 
-    planned = await run_in_threadpool(load)
+    planned = await in_thread(load)
     if planned is None:
         raise ProblemError(
             422,
@@ -772,7 +773,7 @@ async def _registration(system: System, registration_id: UUID) -> RegistrationPu
                 select(registrations).where(registrations.c.registration_id == registration_id)
             ).first()
 
-    row = await run_in_threadpool(load)
+    row = await in_thread(load)
     if row is None:
         raise ProblemError(
             404, "Not found", f"No registration {registration_id}.", type_="unknown-registration"
@@ -824,7 +825,7 @@ async def list_registrations(
             data=[_reg(r) for r in rows], total=total, limit=limit, offset=offset
         )
 
-    return await run_in_threadpool(load)
+    return await in_thread(load)
 
 
 async def _own_registration(
@@ -959,13 +960,17 @@ async def list_consultations(
             data=[localise(dict(d), now) for d in docs], total=total, limit=limit, offset=offset
         )
 
-    return await run_in_threadpool(load)
+    return await in_thread(load)
 
 
-@router.get("/{consultation_id}", dependencies=[MinPosition], responses=ERRORS)
+@router.get(
+    "/{consultation_id}",
+    dependencies=[MinPosition],
+    responses=ERRORS,
+    response_model=dict[str, Any],
+)
 async def get_consultation(
     consultation_id: UUID,
-    response: Response,
     system: SystemDep,
     as_of: Annotated[
         str | None,
@@ -975,13 +980,14 @@ async def get_consultation(
             "consultation as it stood then, rebuilt from the log.",
         ),
     ] = None,
-) -> dict[str, Any]:
+) -> Response:
     """A consultation with its agenda, working groups and counts (public)."""
     if as_of is None:
-        return await respond(system, consultation_id, response)
+        doc = await load_doc(system, consultation_id)
+        return tagged(localise(doc, datetime.now(UTC)), doc["version"])
     position, when = parse_as_of(as_of)
 
-    state, version, _ = await run_in_threadpool(
+    state, version, _ = await in_thread(
         partial(
             system.bus.load, CONSULTATION, consultation_id, until_position=position, until_time=when
         )
@@ -993,8 +999,7 @@ async def get_consultation(
             f"Consultation {consultation_id} did not exist then.",
             type_="unknown-consultation",
         )
-    etag(response, version)
-    return localise(document(state, version), when or datetime.now(UTC))
+    return tagged(localise(document(state, version), when or datetime.now(UTC)), version)
 
 
 @router.get("/{consultation_id}/calendar.ics", responses={404: {"model": Problem}})

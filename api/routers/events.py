@@ -13,11 +13,11 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import EventReader, MinPosition, Principal, SystemDep
 from api.problems import ProblemError
 from api.schemas import EventPage, EventPublic, Problem
+from api.threads import in_thread
 from infra.bootstrap import System
 from infra.integration import live
 from infra.integration.contract import envelope, internal_types, public_event
@@ -105,7 +105,7 @@ async def list_events(
     ETag. The last, shorter page is the head: `no-cache`, revalidate with `If-None-Match`.
     """
     names = _types(types)
-    page, head = await run_in_threadpool(
+    page, head = await in_thread(
         lambda: (
             system.store.read_all(
                 after, limit, types=names, stream_type=stream_type, stream_id=stream_id
@@ -296,7 +296,7 @@ async def stream_events(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
 ) -> StreamEvents:
     """One stream's events (an aggregate's history) in version order, a page at a time."""
-    events = await run_in_threadpool(
+    events = await in_thread(
         lambda: system.store.read_stream(stream_id, after_version=after_version, limit=limit)
     )
     full = len(events) == limit
@@ -334,7 +334,7 @@ async def stream_summary(stream_id: UUID, system: SystemDep, _principal: EventRe
                 .first()
             )
 
-    row = await run_in_threadpool(load)
+    row = await in_thread(load)
     if row is None:
         raise ProblemError(404, "Not found", f"No stream {stream_id}.", type_="stream-not-found")
     return dict(row)

@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import SystemDep
+from api.threads import in_thread
 from infra.bootstrap import System
 
 router = APIRouter(tags=["operations"])
@@ -24,7 +24,7 @@ async def health() -> dict[str, str]:
 @router.get("/ready", responses={503: {"description": "A dependency is unreachable"}})
 async def ready(system: SystemDep) -> JSONResponse:
     """Readiness: the database and the broker are reachable."""
-    checks = await run_in_threadpool(_checks, system)
+    checks = await in_thread(_checks, system)
     ok = all(c["ok"] for c in checks.values())
     return JSONResponse(
         {"status": "ready" if ok else "unavailable", "checks": checks},

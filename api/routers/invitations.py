@@ -14,7 +14,6 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field
 from sqlalchemy import func, select
-from starlette.concurrency import run_in_threadpool
 
 from api.commands import new_id, run
 from api.deps import MinPosition, Organiser, Principal, SystemDep
@@ -23,6 +22,7 @@ from api.problems import ProblemError
 from api.routers.organisations import load_organisation
 from api.routers.statements import _fold
 from api.schemas import Problem
+from api.threads import in_thread
 from infra.bootstrap import System
 from infra.invitations import hash_for
 from infra.projections.invitations import invitations
@@ -131,7 +131,7 @@ async def _row(system: System, statement_id: UUID, invitation_id: UUID) -> Any:
                 )
             ).first()
 
-    row = await run_in_threadpool(load)
+    row = await in_thread(load)
     if row is None:
         raise ProblemError(
             404,
@@ -163,7 +163,7 @@ def _check_open(state: Statement, now: datetime) -> None:
 
 async def _token_hash(system: System, invitation_id: UUID, generation: int) -> str:
     try:
-        return await run_in_threadpool(hash_for, system, invitation_id, generation)
+        return await in_thread(hash_for, system, invitation_id, generation)
     except SecretKeyMissing as exc:
         raise ProblemError(
             503,
@@ -274,7 +274,7 @@ async def list_invitations(
             ).all()
             return rows, int(total.scalar_one())
 
-    rows, total = await run_in_threadpool(load)
+    rows, total = await in_thread(load)
     return InvitationsPublic(
         data=[_public(r, now) for r in rows], total=total, limit=limit, offset=offset
     )
@@ -316,7 +316,7 @@ async def resend(
     await _row(system, statement_id, invitation_id)
     state = (await _fold(system, statement_id)).state
     _check_open(state, system.bus.clock.now())
-    current, _, _ = await run_in_threadpool(system.bus.load, INVITATION, invitation_id)
+    current, _, _ = await in_thread(system.bus.load, INVITATION, invitation_id)
     generation = current.generation + 1
     await _run(
         system,

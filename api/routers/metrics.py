@@ -5,9 +5,9 @@ from __future__ import annotations
 import hmac
 
 from fastapi import APIRouter, Depends, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import SystemDep, current_principal, require
+from api.threads import in_thread
 from infra.bootstrap import System
 from infra.metrics import CONTENT_TYPE, render
 
@@ -28,7 +28,7 @@ async def metrics_reader(request: Request, system: SystemDep) -> None:
         scheme, _, secret = authorization.partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(secret.strip().encode(), wanted):
             return
-    principal = await current_principal(request, system, authorization)
+    principal = await current_principal(request)
     await require("admin")(principal)
 
 
@@ -45,7 +45,7 @@ async def metrics_reader(request: Request, system: SystemDep) -> None:
 )
 async def metrics(system: SystemDep) -> Response:
     """Prometheus metrics: commands, events, projection lag, queue depth, mail delivery."""
-    body = await run_in_threadpool(_render, system)
+    body = await in_thread(_render, system)
     return Response(body, media_type=CONTENT_TYPE)
 
 

@@ -9,7 +9,6 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, HttpUrl
 from sqlalchemy import func, select
-from starlette.concurrency import run_in_threadpool
 
 from api.commands import etag, new_id, run
 from api.deps import (
@@ -25,6 +24,7 @@ from api.deps import (
 from api.fields import Country, Text
 from api.problems import ProblemError
 from api.schemas import Problem
+from api.threads import in_thread
 from infra.bootstrap import System
 from infra.projections.consultations import consultations, registrations
 from infra.projections.organisations import organisations
@@ -215,7 +215,7 @@ async def list_organisations(
             data=[_public(r) for r in rows], total=total, limit=limit, offset=offset
         )
 
-    return await run_in_threadpool(load)
+    return await in_thread(load)
 
 
 @router.get(
@@ -234,7 +234,7 @@ async def get_organisation(
     if principal.role in ("admin", "organiser") or (
         principal.role == "organisation" and principal.organisation_id == organisation_id
     ):
-        profile.consultations_attended = await run_in_threadpool(_attended, system, organisation_id)
+        profile.consultations_attended = await in_thread(_attended, system, organisation_id)
     return profile
 
 
@@ -268,7 +268,7 @@ async def load_organisation(system: SystemDep, organisation_id: UUID) -> Organis
                 select(organisations).where(organisations.c.organisation_id == organisation_id)
             ).first()
 
-    row = await run_in_threadpool(load)
+    row = await in_thread(load)
     if row is None:
         raise ProblemError(
             404, "Not found", f"No organisation {organisation_id}.", type_="unknown-organisation"

@@ -14,13 +14,13 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 
 from api.commands import run
 from api.deps import Principal, SystemDep, require
 from api.fields import Text
 from api.problems import ProblemError
 from api.schemas import Problem
+from api.threads import in_thread
 from infra.bootstrap import System
 from infra.projections.consultations import registrations
 from services.people import PERSON, AlreadyErased, ErasePerson, person_id
@@ -113,9 +113,9 @@ async def erase_person(
     later — while counts, the endorsements of organisations and the log's hashes stay intact.
     Integrators receive `person.erased` and should delete their copies."""
     subject = _subject(body, principal)
-    allowed = await run_in_threadpool(_own, system, principal, subject, body)
-    known = await run_in_threadpool(system.store.knows, subject)
-    recorded_before = await run_in_threadpool(system.store.stream_version, subject)
+    allowed = await in_thread(_own, system, principal, subject, body)
+    known = await in_thread(system.store.knows, subject)
+    recorded_before = await in_thread(system.store.stream_version, subject)
     if not allowed or not (known or recorded_before):
         raise ProblemError(404, "Not found", f"No person {subject} that this key may erase.")
     try:
@@ -124,11 +124,11 @@ async def erase_person(
         )
     except AlreadyErased:
         # Erased before — and if that request died before the key went, it goes now.
-        await run_in_threadpool(system.store.forget, subject)
+        await in_thread(system.store.forget, subject)
         raise
     # Catching the projections up has normally deleted the key already (infra/projections/
     # erasures.py); if that failed, it goes now.
-    deleted = await run_in_threadpool(system.store.forget, subject)
+    deleted = await in_thread(system.store.forget, subject)
     recorded = outcome.recorded[0]
     return Erased(
         person_id=subject,

@@ -9,11 +9,11 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
 from api.commands import run
 from api.deps import IfMatch, Organiser, SystemDep
 from api.routers.consultations import ERRORS, load_doc
+from api.threads import in_thread
 from infra.bootstrap import System
 from infra.reminders import schedule
 from services.consultations.commands import ConfigureReminders
@@ -57,8 +57,8 @@ def _local(value: datetime | None, zone: ZoneInfo) -> str | None:
 
 async def _view(system: System, consultation_id: UUID) -> dict[str, Any]:
     doc = await load_doc(system, consultation_id)
-    state, version, _ = await run_in_threadpool(system.bus.load, CONSULTATION, consultation_id)
-    rows = await run_in_threadpool(schedule, system, consultation_id)
+    state, version, _ = await in_thread(system.bus.load, CONSULTATION, consultation_id)
+    rows = await in_thread(schedule, system, consultation_id)
     zone = ZoneInfo(doc["timezone"])
     offsets = {
         name: [

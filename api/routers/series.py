@@ -8,13 +8,13 @@ from uuid import UUID
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 
 from api.commands import etag, new_id, run
 from api.deps import IfMatch, MinPosition, Organiser, SystemDep
 from api.fields import Country, Text
 from api.problems import ProblemError
 from api.schemas import Problem
+from api.threads import in_thread
 from infra.bootstrap import System
 from infra.projections.consultations import consultations
 from infra.projections.series import series
@@ -124,7 +124,7 @@ async def _progress(system: System, series_id: UUID) -> dict[str, Any]:
             )
             return row, held
 
-    row, members = await run_in_threadpool(load)
+    row, members = await in_thread(load)
     if row is None:
         raise ProblemError(404, "Not found", f"No series {series_id}.", type_="unknown-series")
     planned = list(row.planned_countries)

@@ -17,15 +17,16 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
 from api.commands import etag, new_id, run
 from api.deps import Member, Organiser, Principal, PrincipalDep, SystemDep, ensure_acts_for
 from api.fields import Text
 from api.problems import ProblemError
+from api.responses import tagged
 from api.routers.consultations import load_doc, parse_as_of
 from api.routers.organisations import load_organisation
 from api.schemas import Problem
+from api.threads import in_thread
 from infra.bootstrap import System
 from infra.documents.storage import MEDIA_TYPES, open_file
 from infra.eventstore.verify import verify_stream
@@ -140,7 +141,7 @@ async def _fold(
         at = {r.version: r.recorded_at for r in records}
         return Folded(state, records[-1].version if records else 0, at.get, {})
 
-    folded = await run_in_threadpool(fold)
+    folded = await in_thread(fold)
     if not folded.state.exists:
         raise ProblemError(
             404, "Not found", f"No statement {statement_id}.", type_="unknown-statement"
@@ -293,7 +294,6 @@ async def get_statement(
 )
 async def list_endorsements(
     statement_id: UUID,
-    response: Response,
     system: SystemDep,
     principal: PrincipalDep,
     format: Literal["json", "csv"] = "json",
@@ -329,8 +329,7 @@ async def list_endorsements(
                 "ETag": f'"{version}"',
             },
         )
-    etag(response, version)
-    return {
+    page = {
         "data": _signatories(folded.at, counts["active"][offset : offset + limit]),
         "total": counts["count"],
         "limit": limit,
@@ -339,6 +338,7 @@ async def list_endorsements(
         "by_kind": counts["by_kind"],
         "content_hash": state.content_hash,
     }
+    return tagged(page, version)  # already JSON: no jsonable_encoder pass over the page
 
 
 @router.get("/v1/statements/{statement_id}/document.{kind}", responses={404: {"model": Problem}})
@@ -766,7 +766,7 @@ async def endorsement_receipt(
     if nothing before or at the endorsement was changed. With ``event_hash``, ``matches``
     says whether a receipt kept earlier is that same, intact endorsement."""
     ensure_acts_for(principal, organisation_id)
-    records = await run_in_threadpool(system.store.read_stream, statement_id)
+    records = await in_thread(system.store.read_stream, statement_id)
     mine = [
         r
         for r in records
@@ -776,7 +776,7 @@ async def endorsement_receipt(
         raise ProblemError(
             404, "Not found", f"Organisation {organisation_id} never endorsed {statement_id}."
         )
-    check = await run_in_threadpool(verify_stream, system.db, statement_id)
+    check = await in_thread(verify_stream, system.db, statement_id)
     broken = check.broken
     intact = broken is None or (broken.version or 0) > mine[-1].version
     try:

@@ -16,12 +16,12 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import Principal, SystemDep, require
 from api.fields import Text
 from api.problems import ProblemError
 from api.schemas import Problem
+from api.threads import in_thread
 from infra.bootstrap import System
 from infra.integration.contract import for_internal
 from infra.webhooks.subscriptions import (
@@ -203,7 +203,7 @@ def _invalid(exc: SubscriptionError) -> ProblemError:
 
 async def _owned(system: System, principal: Principal, subscription_id: UUID) -> Subscription:
     """The subscription if the caller may see it; 404 otherwise (another key's is not found)."""
-    sub = await run_in_threadpool(_subs(system).get, subscription_id)
+    sub = await in_thread(_subs(system).get, subscription_id)
     mine = sub is not None and (
         principal.role == "admin"
         or (principal.key is not None and sub.owner_key_id == principal.key.id)
@@ -227,7 +227,7 @@ async def create_subscription(
     """Subscribe a URL to events from now on; the response carries the signing secret once."""
     assert principal.key is not None
     try:
-        sub, secret = await run_in_threadpool(
+        sub, secret = await in_thread(
             _subs(system).create,
             principal.key.id,
             body.url,
@@ -246,7 +246,7 @@ async def create_subscription(
 async def list_subscriptions(system: SystemDep, principal: Integrator) -> SubscriptionsPublic:
     """The caller's subscriptions (an admin sees every key's)."""
     owner = None if principal.role == "admin" or principal.key is None else principal.key.id
-    found = await run_in_threadpool(_subs(system).all, owner)
+    found = await in_thread(_subs(system).all, owner)
     return SubscriptionsPublic(data=[SubscriptionPublic.of(s) for s in found])
 
 
@@ -272,7 +272,7 @@ async def update_subscription(
     if "url" in given and body.url is None:
         raise _invalid(SubscriptionError("url", "url cannot be null"))
     try:
-        sub = await run_in_threadpool(
+        sub = await in_thread(
             lambda: _subs(system).update(
                 subscription_id,
                 url=body.url if "url" in given else UNSET,
@@ -297,7 +297,7 @@ async def delete_subscription(
 ) -> Response:
     """Stop and remove a subscription with its delivery log."""
     await _owned(system, principal, subscription_id)
-    await run_in_threadpool(_subs(system).delete, subscription_id)
+    await in_thread(_subs(system).delete, subscription_id)
     return Response(status_code=204)
 
 
@@ -307,7 +307,7 @@ async def rotate_secret(
 ) -> SecretRotated:
     """A new signing secret; the previous one also signs for a grace period (both signatures)."""
     await _owned(system, principal, subscription_id)
-    rotated = await run_in_threadpool(_subs(system).rotate, subscription_id)
+    rotated = await in_thread(_subs(system).rotate, subscription_id)
     if rotated is None:
         raise ProblemError(404, "Not found", f"No subscription {subscription_id}.")
     sub, secret = rotated
@@ -329,7 +329,7 @@ async def list_deliveries(
 ) -> DeliveriesPublic:
     """The delivery log in position order: attempts, status codes, the next retry."""
     await _owned(system, principal, subscription_id)
-    page = await run_in_threadpool(
+    page = await in_thread(
         lambda: _subs(system).deliveries(subscription_id, after=after, limit=limit, status=status)
     )
     return DeliveriesPublic(
@@ -350,7 +350,7 @@ async def replay(
 ) -> ReplayAccepted:
     """Send every wanted event after a position again, in order (same `webhook-id`s)."""
     await _owned(system, principal, subscription_id)
-    done = await run_in_threadpool(_subs(system).replay, subscription_id, body.after)
+    done = await in_thread(_subs(system).replay, subscription_id, body.after)
     if done is None:
         raise ProblemError(404, "Not found", f"No subscription {subscription_id}.")
     return ReplayAccepted(

@@ -8,6 +8,7 @@ started again.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import signal
@@ -21,6 +22,7 @@ from uuid import uuid4
 import httpx
 import pytest
 import redis
+import redis.asyncio
 from fastapi.testclient import TestClient
 from limits.strategies import SlidingWindowCounterRateLimiter
 from structlog.testing import capture_logs
@@ -28,7 +30,7 @@ from structlog.testing import capture_logs
 from api.main import create_app
 from infra.bootstrap import System
 from infra.metrics import RATE_LIMIT_FALLBACKS
-from infra.ratelimit import RedisLimiter, parse_rate
+from infra.ratelimit import Decision, RedisLimiter, parse_rate
 from tests import backends
 from tests.e2e.conftest import Keys
 from tests.integration.test_reminders_faults import REDIS_SERVER, PrivateRedis
@@ -71,12 +73,13 @@ def test_a_hit_is_one_round_trip_and_agrees_with_limits_own_accounting(
         trips.append(str(args[0]))
         return command(self, *args, **kwargs)
 
+    limiter.hit("warm-up", rate)  # a process's first hit loads the script into Redis, once
     monkeypatch.setattr(redis.client.Pipeline, "execute", counted_pipeline)
     monkeypatch.setattr(redis.Redis, "execute_command", counted_command)
     decisions = [limiter.hit("bucket", rate) for _ in range(7)]
     monkeypatch.undo()
     # five allowed, one refused from Redis, and the seventh refused from memory (no trip)
-    assert trips == ["pipeline"] * 6, trips
+    assert trips == ["EVALSHA"] * 6, trips
     assert [d.allowed for d in decisions] == [True] * 5 + [False] * 2
     assert [d.remaining for d in decisions] == [4, 3, 2, 1, 0, 0, 0]
     assert all(d.shared for d in decisions)
@@ -105,6 +108,58 @@ def test_scripts_are_loaded_again_after_redis_forgets_them(tmp_path: Path) -> No
     finally:
         limiter.close()
         server.stop()
+
+
+def test_a_hit_on_the_event_loop_draws_from_the_same_budget_in_one_round_trip(
+    limiter: RedisLimiter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rate = parse_rate("4/minute")
+    assert rate is not None
+    trips: list[str] = []
+    command = redis.asyncio.Redis.execute_command
+
+    async def counted_command(self: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(str(args[0]))
+        return await command(self, *args, **kwargs)
+
+    async def hits() -> list[Decision]:
+        await limiter.hit_async("warm-up", rate)  # the script is loaded (once) if need be
+        monkeypatch.setattr(redis.asyncio.Redis, "execute_command", counted_command)
+        on_loop = [await limiter.hit_async("bucket", rate) for _ in range(2)]
+        monkeypatch.undo()
+        limiter.client.script_flush()  # forgotten scripts are loaded again, as by hit()
+        on_loop.append(await limiter.hit_async("bucket", rate))
+        await limiter.aclose()
+        return on_loop
+
+    decisions = [*asyncio.run(hits()), limiter.hit("bucket", rate), limiter.hit("bucket", rate)]
+    assert trips == ["EVALSHA"] * 2, trips
+    assert [d.remaining for d in decisions] == [3, 2, 1, 0, 0]
+    assert [d.allowed for d in decisions] == [True] * 4 + [False]
+    assert all(d.shared for d in decisions)
+    # another loop (a second TestClient, say) gets a client of its own
+    assert [d.remaining for d in asyncio.run(_hits(limiter, rate, 1, "another"))] == [3]
+
+
+def test_a_hit_on_the_event_loop_falls_back_to_this_process_when_redis_is_gone() -> None:
+    rate = parse_rate("2/minute")
+    assert rate is not None
+    gone = RedisLimiter(f"redis://127.0.0.1:{free_port()}/0", prefix=f"concord:test:{uuid4().hex}")
+    try:
+        before = fallbacks()
+        decisions = asyncio.run(_hits(gone, rate, 3))
+    finally:
+        gone.close()
+    assert [d.allowed for d in decisions] == [True, True, False]
+    assert not any(d.shared for d in decisions)
+    assert fallbacks() - before == 3
+
+
+async def _hits(limiter: RedisLimiter, rate: Any, n: int, bucket: str = "bucket") -> list[Decision]:
+    try:
+        return [await limiter.hit_async(bucket, rate) for _ in range(n)]
+    finally:
+        await limiter.aclose()
 
 
 @contextmanager
