@@ -33,6 +33,16 @@ app.add_typer(keys_app, name="keys")
 err = Console(stderr=True)
 
 
+@app.callback()
+def _logging() -> None:
+    """Every command logs to stderr, so stdout carries only what a command prints (a key,
+    ``--json`` output) and scripts can read it."""
+    from infra.logging import configure
+
+    settings = get_settings()
+    configure(settings.log_format, settings.log_level)
+
+
 @app.command()
 def migrate(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Bring the database schema up to date (Alembic)."""

@@ -25,6 +25,16 @@ def redact_link_tokens(
     return event_dict
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written (a test runner swaps it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(fmt: str = "json", level: str = "INFO") -> None:
     """Configure structlog and the standard library to write one event per line."""
     shared: list[structlog.types.Processor] = [
@@ -41,10 +51,10 @@ def configure(fmt: str = "json", level: str = "INFO") -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_Stderr())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -54,3 +64,6 @@ def configure(fmt: str = "json", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Alembic: which revisions ran, not how it set itself up.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("alembic.runtime.migration").setLevel(root.level)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -194,3 +195,17 @@ def test_make_run_puts_the_demo_reminders_in_the_maildir_within_a_minute(
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_stdout_carries_only_what_a_command_prints(embedded_env: dict[str, str]) -> None:
+    """Logs go to stderr, so a script reading a new key (or ``--json``) gets nothing else."""
+    run = functools.partial(
+        subprocess.run, capture_output=True, text=True, env={**os.environ, **embedded_env}
+    )
+    assert run([sys.executable, "-m", "infra.cli", "migrate"]).returncode == 0
+    created = run(
+        [sys.executable, "-m", "infra.cli", "keys", "create", "--role", "admin", "--name", "ops"]
+    )
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.startswith("concord_") and created.stdout.count("\n") == 1
+    assert "api key created" in created.stderr

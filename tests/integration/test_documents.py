@@ -10,6 +10,8 @@ import dataclasses
 import hashlib
 import io
 import re
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 from html.parser import HTMLParser
@@ -500,3 +502,12 @@ def test_khmer_text_uses_the_khmer_fallback_font() -> None:
     }
     assert any(name.endswith("+NotoSansKhmer") for name in names), names
     assert "Signed by 17 organisations from 8 countries" in pdf_text(data)
+
+
+def test_an_api_process_does_not_load_the_pdf_stack() -> None:
+    """fpdf2 brings Pillow, fontTools and NumPy (tens of megabytes per process); only a worker
+    that renders a PDF imports it."""
+    heavy = ("fpdf", "PIL", "fontTools", "numpy")
+    probe = f"import sys, api.main; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
