@@ -72,6 +72,9 @@ class Job(Generic[C]):
 #: (idempotency key, API key id, step): what :meth:`Metadata.made` matches events by.
 MadeKey = tuple[str, str | None, int]
 
+#: Events read and folded at a time when a stream is brought up to date.
+CATCH_UP_PAGE = 500
+
 
 def made_key(metadata: Metadata | None) -> MadeKey | None:
     if metadata is None or metadata.idempotency_key is None:
@@ -203,9 +206,16 @@ class CommandBus:
         self, decider: Decider[S, Any], stream_id: UUID, snapshot: Snapshot[S] | None = None
     ) -> Snapshot[S]:
         """``snapshot`` (or the empty stream) brought up to the stream's committed head."""
-        base = snapshot if snapshot is not None else empty_snapshot(decider, stream_id)
-        records = self.store.read_stream(stream_id, after_version=base.version)
-        return base.extend(decider, self.registry, records)
+        snap = snapshot if snapshot is not None else empty_snapshot(decider, stream_id)
+        # Page by page: a statement with 10,000 endorsements is folded without holding all
+        # its records (rows, opened personal data, decoded events) at once.
+        while True:
+            records = self.store.read_stream(
+                stream_id, after_version=snap.version, limit=CATCH_UP_PAGE
+            )
+            snap = snap.extend(decider, self.registry, records)
+            if len(records) < CATCH_UP_PAGE:
+                return snap
 
     def handle_batch(
         self,

@@ -28,11 +28,15 @@ class MemoryStore:
     def __init__(self) -> None:
         self.events: list[RecordedEvent] = []
         self.race: list[NewEvent] = []
+        self.reads: list[int] = []
 
     def read_stream(
-        self, stream_id: UUID, *, after_version: int = 0, **_: object
+        self, stream_id: UUID, *, after_version: int = 0, limit: int | None = None, **_: object
     ) -> list[RecordedEvent]:
-        return [e for e in self.events if e.stream_id == stream_id and e.version > after_version]
+        found = [e for e in self.events if e.stream_id == stream_id and e.version > after_version]
+        found = found[:limit] if limit is not None else found
+        self.reads.append(len(found))
+        return found
 
     def append(
         self,
@@ -128,6 +132,23 @@ def test_a_lost_race_is_decided_again_on_the_fresh_state(
         "organisation.revised",
         "organisation.revised",
     ]
+
+
+def test_a_long_stream_is_read_and_folded_a_page_at_a_time(
+    bus: tuple[CommandBus, MemoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b, store = bus
+    oid = uuid4()
+    register(b, oid)
+    for n in range(6):
+        b.handle(ORGANISATION, oid, ReviseOrganisation(oid, website=f"https://{n}.example"))
+    monkeypatch.setattr("services.bus.CATCH_UP_PAGE", 3)
+    store.reads.clear()
+    snap = b.catch_up(ORGANISATION, oid)
+    assert store.reads == [3, 3, 1], "7 events in pages of at most 3"
+    assert snap.version == 7
+    assert snap.state == ORGANISATION.fold(EVENTS.decode(r) for r in store.events)
+    assert snap.state.website == "https://5.example"
 
 
 def test_if_match_that_loses_a_race_is_a_failed_precondition(
