@@ -36,7 +36,7 @@ import json
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from uuid import UUID, uuid5
@@ -482,20 +482,10 @@ def evolve(state: Statement, event: DomainEvent) -> Statement:
                 timezone=event.timezone,
             )
         case StatementEndorsed():
-            endorsement = Endorsement(
-                organisation_id=event.organisation_id,
-                signatory_name=event.signatory_name,
-                signatory_title=event.signatory_title,
-                content_hash=event.content_hash,
-                organisation_name=event.organisation_name,
-                organisation_country=event.organisation_country,
-                organisation_kind=event.organisation_kind,
-                version=v,
-            )
             at = len(state.endorsement_records)
             return replace(
                 state,
-                endorsement_records=(*state.endorsement_records, endorsement),
+                endorsement_records=(*state.endorsement_records, _endorsement(event, v)),
                 active_at={**state.active_at, event.organisation_id: at},
             )
         case EndorsementWithdrawn():
@@ -572,6 +562,51 @@ def _end_endorsements(
     for organisation_id, _ in ending:
         del active_at[organisation_id]
     return replace(state, endorsement_records=tuple(records), active_at=active_at)
+
+
+def _endorsement(event: StatementEndorsed, version: int) -> Endorsement:
+    return Endorsement(
+        organisation_id=event.organisation_id,
+        signatory_name=event.signatory_name,
+        signatory_title=event.signatory_title,
+        content_hash=event.content_hash,
+        organisation_name=event.organisation_name,
+        organisation_country=event.organisation_country,
+        organisation_kind=event.organisation_kind,
+        version=version,
+    )
+
+
+def evolve_all(state: Statement, events: Iterable[DomainEvent]) -> Statement:
+    """The state after ``events``, as :func:`evolve` one by one would leave it.
+
+    A run of endorsements is applied at once: one copy of the endorsement records and of the
+    index of active ones per run instead of per endorsement, so folding a statement with
+    10,000 signatories takes linear time, not quadratic.
+    """
+    added: list[Endorsement] = []
+    placed: dict[UUID, int] = {}
+
+    def flush(state: Statement) -> Statement:
+        if not added:
+            return state
+        state = replace(
+            state,
+            version=state.version + len(added),
+            endorsement_records=(*state.endorsement_records, *added),
+            active_at={**state.active_at, **placed},
+        )
+        added.clear()
+        placed.clear()
+        return state
+
+    for event in events:
+        if isinstance(event, StatementEndorsed):
+            placed[event.organisation_id] = len(state.endorsement_records) + len(added)
+            added.append(_endorsement(event, state.version + len(added) + 1))
+        else:
+            state = evolve(flush(state), event)
+    return flush(state)
 
 
 # --- decide -------------------------------------------------------------------------------
@@ -1026,4 +1061,6 @@ def _files(files: Mapping[str, str]) -> dict[str, str]:
     return dict(sorted(files.items()))
 
 
-STATEMENT: Decider[Statement, Command] = Decider(STREAM_TYPE, Statement, evolve, decide)
+STATEMENT: Decider[Statement, Command] = Decider(
+    STREAM_TYPE, Statement, evolve, decide, evolve_all
+)

@@ -98,6 +98,7 @@ from services.statements.model import (
     canonical_text,
     content_hash,
     counts_by_country,
+    evolve,
     counts_by_kind,
     endorsement_open_at,
     history,
@@ -1175,6 +1176,34 @@ def test_withdrawing_is_possible_after_the_deadline_until_closing() -> None:
     assert len(when(given(*with_map), command, now=AFTER_DEADLINE)) == 1
     with pytest.raises(EndorsementsAreClosed):
         when(given(*with_map, EndorsementsClosed(sid)), command, now=AFTER_DEADLINE)
+
+
+def test_folding_many_events_at_once_leaves_what_evolving_them_one_by_one_leaves() -> None:
+    """Runs of endorsements are applied at once (linear in the statement's length); the
+    state must be the same as evolving each event, whatever the mix and the starting point."""
+    sid = uuid4()
+    events = finalised(sid)
+    digest = hash_of(events)
+    history: list[DomainEvent] = [
+        *events,
+        *(endorsed(sid, org, digest) for org in NGOS[:6]),
+        EndorsementWithdrawn(sid, NGOS[1].organisation_id, "changed"),
+        endorsed(sid, NGOS[1], digest),
+        endorsed(sid, NGOS[6], digest),
+        EndorsementWithdrawn(sid, NGOS[6].organisation_id, None),
+        StatementReopened(sid, "Add the work plan.", tuple(o.organisation_id for o in NGOS[:6])),
+    ]
+    refinalised = when(
+        given(*history), FinaliseStatement(sid, DEADLINE, "Asia/Jakarta"), now=ENDORSING
+    )
+    history += [*refinalised, *(endorsed(sid, org, hash_of(history + refinalised)) for org in NGOS)]
+    one_by_one = Statement()
+    for event in history:
+        one_by_one = evolve(one_by_one, event)
+    assert len(active_endorsements(one_by_one)) == len(NGOS)
+    for split in range(len(history) + 1):
+        at_once = STATEMENT.fold(history[split:], STATEMENT.fold(history[:split]))
+        assert at_once == one_by_one, f"folded in two at {split}"
 
 
 # --- reopening ----------------------------------------------------------------------------
