@@ -29,7 +29,7 @@ from api.routers import (
 from infra.bootstrap import System, bootstrap
 from infra.integration import live
 from infra.logging import configure as configure_logging
-from infra.runtime import tune_gc
+from infra.runtime import tune_process
 from infra.settings import get_settings
 
 DESCRIPTION = """
@@ -76,7 +76,7 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
 
     if system is None:
         configure_logging(settings.log_format, settings.log_level)
-        tune_gc()
+        tune_process()
     app = FastAPI(
         title="Concord",
         version="0.1.0",

@@ -20,7 +20,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from infra.runtime import tune_gc
+from infra.runtime import tune_process
 from infra.settings import get_settings
 
 app = typer.Typer(
@@ -466,7 +466,7 @@ def _redacted(url: str) -> str:
 
 
 def main() -> None:
-    tune_gc()
+    tune_process()
     app()
 
 

@@ -26,11 +26,11 @@ from infra.bootstrap import System, bootstrap
 from infra.logging import configure as configure_logging
 from infra.queue import make_app
 from infra.reminders import Reminders
-from infra.runtime import tune_gc
+from infra.runtime import tune_process
 from infra.settings import get_settings
 
 log = structlog.get_logger("concord.worker")
-tune_gc()
+tune_process()
 app = make_app(include=["workers.tasks"])
 _system: System | None = None
 _reminders: Reminders | None = None
