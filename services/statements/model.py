@@ -1061,6 +1061,4 @@ def _files(files: Mapping[str, str]) -> dict[str, str]:
     return dict(sorted(files.items()))
 
 
-STATEMENT: Decider[Statement, Command] = Decider(
-    STREAM_TYPE, Statement, evolve, decide, evolve_all
-)
+STATEMENT: Decider[Statement, Command] = Decider(STREAM_TYPE, Statement, evolve, decide, evolve_all)
