@@ -33,16 +33,6 @@ app.add_typer(keys_app, name="keys")
 err = Console(stderr=True)
 
 
-@app.callback()
-def _logging() -> None:
-    """Every command logs to stderr, so stdout carries only what a command prints (a key,
-    ``--json`` output) and scripts can read it."""
-    from infra.logging import configure
-
-    settings = get_settings()
-    configure(settings.log_format, settings.log_level)
-
-
 @app.command()
 def migrate(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Bring the database schema up to date (Alembic)."""
@@ -466,6 +456,13 @@ def _redacted(url: str) -> str:
 
 
 def main() -> None:
+    """The ``concord`` program. Every command logs to stderr, so stdout carries only what a
+    command prints (a key, ``--json`` output) and scripts can read it. (Configured here, not in
+    a Typer callback: a test invoking ``app`` in-process keeps its own logging set-up.)"""
+    from infra.logging import configure
+
+    settings = get_settings()
+    configure(settings.log_format, settings.log_level)
     tune_process()
     app()
 
