@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 from datetime import UTC, datetime
@@ -462,7 +463,12 @@ def main() -> None:
     from infra.logging import configure
 
     settings = get_settings()
-    configure(settings.log_format, settings.log_level)
+    level = settings.log_level
+    if sys.argv[1:2] == ["bench"] and logging.getLevelName(level) < logging.WARNING:
+        # The bench shows progress bars and a report; a line per key and consultation its
+        # set-up creates would only push them off the screen (its servers log at WARNING).
+        level = "WARNING"
+    configure(settings.log_format, level)
     tune_process()
     app()
 

@@ -67,3 +67,6 @@ def configure(fmt: str = "json", level: str = "INFO") -> None:
     # Alembic: which revisions ran, not how it set itself up.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("alembic.runtime.migration").setLevel(root.level)
+    # httpx logs every request it makes at INFO: a bench's load or a worker's webhook
+    # deliveries would drown everything else (deliveries have log lines of their own).
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
