@@ -23,6 +23,7 @@ writes each key once by name, so there nothing is ever sent twice.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -433,7 +434,7 @@ class Reminders:
 
     def _failed(self, row: Any, now: datetime, exc: Exception) -> SendResult:
         attempts = row.attempts
-        error = f"{exc.__class__.__name__}: {exc}"[:1000]
+        error = failure_text(exc)
         give_up = attempts >= self.settings.mail_max_attempts
         delay = min(30.0 * 2 ** (attempts - 1), 3600.0) * random.uniform(0.8, 1.2)
         with self.db.write() as conn:
@@ -631,6 +632,17 @@ class Reminders:
     def _statement(self, statement_id: UUID) -> Statement:
         state, _, _ = self.system.bus.load(STATEMENT, statement_id)
         return state
+
+
+#: An e-mail address inside an error's text (an SMTP server's refusal names the recipient).
+_ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+
+
+def failure_text(exc: Exception) -> str:
+    """What the outbox row and the log keep of a failed send: the error, with every e-mail
+    address in it replaced by ``[address]`` — the row outlives the person's key, and an
+    erased person's address must not survive in it or in the logs."""
+    return _ADDRESS.sub("[address]", f"{exc.__class__.__name__}: {exc}")[:1000]
 
 
 class _Skip(Exception):

@@ -31,6 +31,8 @@ class Inbox:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: Set while a client waits in RCPT (a test may kill the sender right then).
     in_rcpt: threading.Event = field(default_factory=threading.Event)
+    #: Recipients refused at RCPT, as a real server refuses an unknown mailbox.
+    refuse: set[str] = field(default_factory=set)
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
@@ -38,6 +40,8 @@ class Inbox:
         self.in_rcpt.set()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        if address in self.refuse:
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

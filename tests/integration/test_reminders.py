@@ -17,6 +17,7 @@ from typing import Any
 
 import icalendar
 import pytest
+import structlog.testing
 from fastapi.testclient import TestClient
 
 from api.main import create_app
@@ -381,6 +382,33 @@ def test_two_schedulers_and_two_senders_send_each_message_once(
     assert results.count("sent") == 5
     ids = smtp.inbox.by_id()
     assert len(ids) == 10 and all(len(v) == 1 for v in ids.values())
+
+
+def test_a_refused_recipient_leaves_no_address_in_the_outbox_or_the_logs(
+    client: TestClient, system: System, smtp: MailServer
+) -> None:
+    """The SMTP server's refusal names the recipient; the row (which outlives the person's
+    key) and the log line keep the error without it."""
+    organiser = Keys(system).organiser
+    host = org(client, organiser, "HRWG", "hrwg@example.org")
+    starts = datetime.now(UTC) + timedelta(days=9)
+    cid = plan(client, organiser, host, "Asia/Jakarta", starts)
+    open_registration(client, organiser, cid, starts - timedelta(days=1))
+    register(client, organiser, cid, "Participant", "gone.person+x@mail.example.org")
+    smtp.inbox.refuse = {"gone.person+x@mail.example.org"}
+    reminders = Reminders(system, mail=Smtp(smtp.url, 10))
+    now = datetime.now(UTC)
+    [key] = reminders.tick(now)
+    with structlog.testing.capture_logs() as logs:
+        assert reminders.send(key, now).status == "retry"
+    with system.db.read() as conn:
+        row = conn.execute(mail_outbox.select().where(mail_outbox.c.key == key)).one()
+    assert row.last_error.startswith("SMTPRecipientsRefused: {'[address]': (550")
+    assert "Recipient address rejected" in row.last_error
+    [line] = [entry for entry in logs if entry["event"] == "message not sent"]
+    for text in (row.last_error, str(line)):
+        assert "gone.person" not in text and "mail.example.org" not in text
+    assert smtp.inbox.messages == []
 
 
 def test_a_failed_send_backs_off_and_a_dead_claim_is_taken_over(
