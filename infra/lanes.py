@@ -17,6 +17,9 @@ conflicts. Instead each process funnels the commands for a stream through a *lan
 * The folded stream (:class:`services.bus.Snapshot`) is kept between batches and reads, in a
   small LRU per process; each use reads only the events appended since (by any process), so a
   statement with 10,000 endorsements is not read and folded again for every command or page.
+  The LRU is bounded in streams and in the events folded into them together, so a process
+  holding many long streams forgets the least recently used ones instead of growing without
+  bound; the stream used last is always kept, however long.
 
 Erased people: a snapshot holds the personal data it opened. Each erasure bumps a counter in
 the same transaction that deletes the key (``keyring_epoch``); every use of a snapshot reads
@@ -40,6 +43,9 @@ from services.decider import Decider
 MAX_BATCH = 256
 #: Folded streams kept per process.
 CACHE_SIZE = 128
+#: Events folded into the kept streams, together, at most (a 10,000-endorsement statement
+#: holds about 16 MB): beyond it the least recently used streams are forgotten.
+CACHE_EVENTS = 40_000
 
 
 @dataclass(eq=False)
@@ -68,11 +74,15 @@ class Lanes:
         *,
         max_batch: int = MAX_BATCH,
         cache_size: int = CACHE_SIZE,
+        cache_events: int = CACHE_EVENTS,
     ) -> None:
         self.bus = bus
         self._epoch = epoch
         self.max_batch = max_batch
         self.cache_size = cache_size
+        self.cache_events = cache_events
+        #: Events folded into the kept snapshots (their versions), together.
+        self._weight = 0
         self._lock = threading.Lock()
         self._queues: dict[UUID, deque[_Ticket]] = {}
         self._cache: OrderedDict[UUID, _Cached] = OrderedDict()
@@ -174,7 +184,7 @@ class Lanes:
             if entry is None:
                 return None, epoch
             if entry.epoch != epoch or entry.snapshot.stream_type != decider.stream_type:
-                del self._cache[stream_id]
+                self._forget(stream_id)
                 return None, epoch
             self._cache.move_to_end(stream_id)
             return entry.snapshot, epoch
@@ -187,15 +197,30 @@ class Lanes:
             current = entry is not None and entry.epoch == epoch
             if current and entry.snapshot.version >= snapshot.version:  # type: ignore[union-attr]
                 return
+            self._forget(snapshot.stream_id)
             self._cache[snapshot.stream_id] = _Cached(snapshot, epoch)
-            self._cache.move_to_end(snapshot.stream_id)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            self._weight += snapshot.version
+            while len(self._cache) > 1 and (
+                len(self._cache) > self.cache_size or self._weight > self.cache_events
+            ):
+                self._forget(next(iter(self._cache)))
+
+    def _forget(self, stream_id: UUID) -> None:
+        """Drop a kept stream (the caller holds the lock)."""
+        entry = self._cache.pop(stream_id, None)
+        if entry is not None:
+            self._weight -= entry.snapshot.version
 
     def _drop(self, stream_id: UUID) -> None:
         with self._lock:
-            self._cache.pop(stream_id, None)
+            self._forget(stream_id)
 
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._weight = 0
+
+    def kept(self) -> dict[UUID, int]:
+        """The streams kept, least recently used first, with the events folded into each."""
+        with self._lock:
+            return {sid: entry.snapshot.version for sid, entry in self._cache.items()}

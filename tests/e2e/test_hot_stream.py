@@ -18,6 +18,7 @@ from uuid import UUID, uuid4
 from fastapi.testclient import TestClient
 
 from infra.bootstrap import System, bootstrap
+from infra.lanes import Lanes
 from services.bus import Job, Outcome
 from services.decider import Context
 from services.people import person_id
@@ -177,3 +178,30 @@ def test_a_fold_kept_by_one_process_forgets_a_name_erased_by_another(
         assert after.organisation_id == signed.organisation_id, "the endorsement stays"
     finally:
         other.close()
+
+
+def test_the_kept_folds_are_bounded_in_events_and_keep_the_stream_used_last(
+    client: TestClient, keys: Keys, system: System
+) -> None:
+    """Many long streams do not grow a process without bound: past ``cache_events`` the least
+    recently used are forgotten (and folded again, equal, when next used); the stream used
+    last is kept however long it is."""
+    short, middle, long_ = (finalised(client, keys) for _ in range(3))
+    for sid, extra in ((short, 0), (middle, 10), (long_, 40)):
+        for n in range(extra):
+            system.lanes.handle(STATEMENT, sid, endorsement(sid, n))
+    lanes = Lanes(system.bus, system.lanes._epoch, cache_events=60)
+    size = {sid: lanes.load(STATEMENT, sid).version for sid in (short, middle)}
+    assert lanes.kept() == size, "both fit"
+    size[long_] = lanes.load(STATEMENT, long_).version
+    assert size[long_] > 40 and size[short] + size[middle] + size[long_] > 60
+    kept = lanes.kept()
+    assert list(kept)[-1] == long_ and sum(kept.values()) <= 60
+    assert short not in kept, "the least recently used went first"
+
+    alone = Lanes(system.bus, system.lanes._epoch, cache_events=10)
+    assert alone.load(STATEMENT, long_).version == size[long_]
+    assert alone.kept() == {long_: size[long_]}, "longer than the bound, but used last"
+    refolded = alone.load(STATEMENT, short)
+    assert alone.kept() == {short: size[short]}
+    assert refolded.state == system.lanes.load(STATEMENT, short).state
