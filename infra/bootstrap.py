@@ -116,7 +116,7 @@ def bootstrap(settings: Settings | None = None) -> System:
         keys=ApiKeys(db, cache_s=settings.key_cache_s),
         bus=bus,
         dispatcher=dispatcher,
-        lanes=Lanes(bus, epoch),
+        lanes=Lanes(bus, epoch, cache_events=settings.fold_cache_events),
     )
 
 

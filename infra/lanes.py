@@ -43,8 +43,9 @@ from services.decider import Decider
 MAX_BATCH = 256
 #: Folded streams kept per process.
 CACHE_SIZE = 128
-#: Events folded into the kept streams, together, at most (a 10,000-endorsement statement
-#: holds about 16 MB): beyond it the least recently used streams are forgotten.
+#: Events folded into the kept streams, together, at most (``CONCORD_FOLD_CACHE_EVENTS``; a
+#: 10,000-endorsement statement holds about 16 MB): beyond it the least recently used streams
+#: are forgotten.
 CACHE_EVENTS = 40_000
 
 

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     #: Seconds an API process trusts an active key it has looked up once (0: look it up on
     #: every request). A key revoked through another process stops working within this time.
     key_cache_s: float = Field(default=5.0, ge=0, le=300, alias="CONCORD_KEY_CACHE_S")
+    #: Events a process keeps folded in memory, over all the streams it keeps (the stream
+    #: used last is kept however long): the bound on what long statements cost in memory.
+    fold_cache_events: int = Field(default=40_000, ge=1, alias="CONCORD_FOLD_CACHE_EVENTS")
     rate_limit_read: str = Field(default="1200/minute", alias="CONCORD_RATE_LIMIT_READ")
     rate_limit_write: str = Field(default="300/minute", alias="CONCORD_RATE_LIMIT_WRITE")
     rate_limit_anonymous: str = Field(default="300/minute", alias="CONCORD_RATE_LIMIT_ANONYMOUS")

@@ -205,3 +205,18 @@ def test_the_kept_folds_are_bounded_in_events_and_keep_the_stream_used_last(
     refolded = alone.load(STATEMENT, short)
     assert alone.kept() == {short: size[short]}
     assert refolded.state == system.lanes.load(STATEMENT, short).state
+
+
+def test_the_bound_on_kept_folds_is_a_setting(system: System) -> None:
+    configured = type(system.settings)(
+        **{
+            **system.settings.model_dump(by_alias=True),
+            "CONCORD_FOLD_CACHE_EVENTS": "7",
+        }
+    )
+    other = bootstrap(configured)
+    try:
+        assert other.lanes.cache_events == 7
+        assert system.lanes.cache_events == 40_000
+    finally:
+        other.close()
