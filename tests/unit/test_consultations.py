@@ -84,6 +84,7 @@ from services.consultations.model import (
     CONSULTATION,
     Command,
     Consultation,
+    evolve,
     registration_open_at,
     status_at,
 )
@@ -872,6 +873,43 @@ def test_an_organisation_registers_only_its_own_people() -> None:
         when(state, register(cid, "Đức"), organisation_id=HOME)
     events = when(state, register(cid, "Đức", organisation_id=HOME), organisation_id=HOME)
     assert [type(e) for e in events] == [ParticipantRegistered]
+
+
+def test_folding_many_events_at_once_leaves_what_evolving_them_one_by_one_leaves() -> None:
+    """Runs of registration events change one copy of the roster (linear in the number of
+    registrations); the state must be the same as evolving each event, whatever the mix and
+    the starting point."""
+    cid = uuid4()
+    seated = [participant(cid, f"Delegate {n}", "ID") for n in range(3)]
+    line = [participant(cid, f"Waiting {n}", "VN", waitlisted=True) for n in range(4)]
+    group = WorkingGroupFormed(cid, uuid4(), ACCESS_TO_JUSTICE, seated[0].registration_id)
+    history: list[DomainEvent] = [
+        planned(cid, capacity=3),
+        opened(cid),
+        *seated,
+        *line[:2],
+        RegistrationCancelled(cid, seated[1].registration_id, "visa refused", "organiser"),
+        ParticipantPromoted(cid, line[0].registration_id),
+        *line[2:],
+        RegistrationCancelled(cid, line[2].registration_id, None, "organiser"),
+        ConsultationRevised(cid, sequence=0, capacity=5),
+        ParticipantPromoted(cid, line[1].registration_id),
+        ParticipantPromoted(cid, line[3].registration_id),
+        group,
+        ParticipantAssigned(cid, seated[0].registration_id, group.working_group_id),
+        ParticipantCheckedIn(cid, seated[0].registration_id),
+        ParticipantCheckedIn(cid, line[0].registration_id),
+        ParticipantAssigned(cid, line[0].registration_id, group.working_group_id),
+        participant(cid, "Late", "PH"),
+    ]
+    one_by_one = Consultation()
+    for event in history:
+        one_by_one = evolve(one_by_one, event)
+    assert one_by_one.registered_count == 6 and one_by_one.waitlist_ids == ()
+    for split in range(len(history) + 1):
+        at_once = CONSULTATION.fold(history[split:], CONSULTATION.fold(history[:split]))
+        assert at_once == one_by_one, f"folded in two at {split}"
+        assert dict(at_once.registrations) == dict(one_by_one.registrations)
 
 
 # --- cancelling a registration ------------------------------------------------------------
