@@ -41,6 +41,8 @@ from services.decider import Decider
 
 #: Commands decided and appended together at most (one append statement).
 MAX_BATCH = 256
+#: Locks that single-flight the readers' catch-ups (streams share them by hash).
+FOLD_STRIPES = 64
 #: Folded streams kept per process.
 CACHE_SIZE = 128
 #: Events folded into the kept streams, together, at most (``CONCORD_FOLD_CACHE_EVENTS``; a
@@ -87,7 +89,8 @@ class Lanes:
         self._lock = threading.Lock()
         self._queues: dict[UUID, deque[_Ticket]] = {}
         self._cache: OrderedDict[UUID, _Cached] = OrderedDict()
-        self._folding: dict[UUID, threading.Lock] = {}
+        #: Readers of one stream catch it up one at a time (striped: a bounded set of locks).
+        self._folding = [threading.Lock() for _ in range(FOLD_STRIPES)]
 
     # -- commands --------------------------------------------------------------------------
 
@@ -150,20 +153,16 @@ class Lanes:
     def load(self, decider: Decider[Any, Any], stream_id: UUID) -> Snapshot[Any]:
         """The stream folded up to its committed head (from the cache, caught up).
 
-        Readers of a stream that is not kept yet fold it one at a time: the first folds and
-        keeps it, the others then only catch up (a long stream is folded once, not once per
-        concurrent reader).
+        Readers of a stream catch it up one at a time, each from what the one before it kept:
+        a long stream, or a long run of events another process appended since this one kept
+        it, is folded once, not once per concurrent reader (eight first readers of a
+        10,000-endorsement statement had folded it four times over per process). The others
+        then read only what was appended meanwhile.
         """
-        cached, epoch = self._cached(stream_id, decider)
-        if cached is not None:
+        epoch = self._epoch()  # outside the lock: one round trip fewer while others wait
+        with self._folding[hash(stream_id) % FOLD_STRIPES]:
+            cached, _ = self._cached(stream_id, decider, epoch)
             return self._caught_up(decider, stream_id, cached, epoch)
-        with self._lock:
-            folding = self._folding.setdefault(stream_id, threading.Lock())
-        with folding:
-            snapshot = self._caught_up(decider, stream_id, *self._cached(stream_id, decider))
-        with self._lock:
-            self._folding.pop(stream_id, None)
-        return snapshot
 
     def _caught_up(
         self,
@@ -177,9 +176,11 @@ class Lanes:
         return snapshot
 
     def _cached(
-        self, stream_id: UUID, decider: Decider[Any, Any]
+        self, stream_id: UUID, decider: Decider[Any, Any], epoch: int | None = None
     ) -> tuple[Snapshot[Any] | None, int]:
-        epoch = self._epoch()
+        """The kept snapshot (if its erasure counter is ``epoch``, read now if not given)."""
+        if epoch is None:
+            epoch = self._epoch()
         with self._lock:
             entry = self._cache.get(stream_id)
             if entry is None:

@@ -220,3 +220,38 @@ def test_the_bound_on_kept_folds_is_a_setting(system: System) -> None:
         assert system.lanes.cache_events == 40_000
     finally:
         other.close()
+
+
+class CountingBus:
+    """The bus, counting the events its catch-ups fold (to see a fold done twice)."""
+
+    def __init__(self, bus: Any) -> None:
+        self.bus = bus
+        self.folded = 0
+        self._lock = threading.Lock()
+
+    def catch_up(self, decider: Any, stream_id: UUID, snapshot: Any = None) -> Any:
+        caught_up = self.bus.catch_up(decider, stream_id, snapshot)
+        with self._lock:
+            self.folded += caught_up.version - (snapshot.version if snapshot else 0)
+        return caught_up
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.bus, name)
+
+
+def test_concurrent_readers_of_a_stale_fold_catch_it_up_once(
+    client: TestClient, keys: Keys, system: System
+) -> None:
+    """A process keeps a statement, another appends a long run of endorsements to it, then
+    eight readers arrive together: the run is read and folded once, not once per reader."""
+    sid = finalised(client, keys)
+    bus = CountingBus(system.bus)
+    lanes = Lanes(bus, system.lanes._epoch)  # type: ignore[arg-type]
+    kept = lanes.load(STATEMENT, sid).version
+    jobs = [endorsement(sid, n) for n in range(300)]
+    results, _ = system.bus.handle_batch(STATEMENT, sid, jobs)
+    assert not [r for r in results if isinstance(r, Exception)]
+    loaded = run_all([lambda: lanes.load(STATEMENT, sid)] * 8)
+    assert {s.version for s in loaded} == {kept + 300}  # type: ignore[union-attr]
+    assert bus.folded == kept + 300, "each event folded once, by the first reader"
