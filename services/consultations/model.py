@@ -325,6 +325,8 @@ Command = (
 
 
 def evolve(state: Consultation, event: DomainEvent) -> Consultation:
+    if isinstance(event, _ROSTER_EVENTS):
+        return _roster_run(state, (event,))
     match event:
         case ConsultationPlanned():
             return Consultation(**{f.name: getattr(event, f.name) for f in fields(event)})
@@ -368,21 +370,6 @@ def evolve(state: Consultation, event: DomainEvent) -> Consultation:
             )
             groups = {**state.working_groups, group.working_group_id: group}
             return replace(state, working_groups=groups)
-        case ParticipantRegistered() | ParticipantWaitlisted():
-            waitlisted = isinstance(event, ParticipantWaitlisted)
-            return replace(
-                state,
-                registrations={**state.registrations, event.registration_id: _joined(event)},
-                waitlist_ids=state.waitlist_ids + ((event.registration_id,) if waitlisted else ()),
-            )
-        case ParticipantPromoted():
-            return _leave_waitlist(_update(state, event.registration_id, status=REGISTERED))
-        case RegistrationCancelled():
-            return _leave_waitlist(_update(state, event.registration_id, status=CANCELLED))
-        case ParticipantCheckedIn():
-            return _update(state, event.registration_id, checked_in=True)
-        case ParticipantAssigned():
-            return _update(state, event.registration_id, working_group_id=event.working_group_id)
         case ConsultationCompleted():
             return replace(state, completed=True)
         case ConsultationCancelled():
@@ -390,19 +377,6 @@ def evolve(state: Consultation, event: DomainEvent) -> Consultation:
         case RemindersConfigured():
             return replace(state, reminder_offsets={**state.reminder_offsets, **event.offsets})
     return state
-
-
-def _joined(event: ParticipantRegistered | ParticipantWaitlisted) -> Registration:
-    return Registration(
-        registration_id=event.registration_id,
-        person_id=event.person_id,
-        name=event.name,
-        email=event.email,
-        organisation_id=event.organisation_id,
-        role=event.role,
-        country=event.country,
-        status=WAITLISTED if isinstance(event, ParticipantWaitlisted) else REGISTERED,
-    )
 
 
 #: The events that change only the roster and the waitlist.
@@ -423,49 +397,47 @@ def evolve_all(state: Consultation, events: Iterable[DomainEvent]) -> Consultati
     copying them per event, so folding a consultation with thousands of registrations takes
     linear time, not quadratic.
     """
-    roster: dict[UUID, Registration] | None = None
-    line: list[UUID] = []
-
-    def flush(state: Consultation) -> Consultation:
-        nonlocal roster
-        if roster is None:
-            return state
-        state = replace(state, registrations=roster, waitlist_ids=tuple(line))
-        roster = None
-        return state
-
+    run: list[DomainEvent] = []
     for event in events:
-        if not isinstance(event, _ROSTER_EVENTS):
-            state = evolve(flush(state), event)
+        if isinstance(event, _ROSTER_EVENTS):
+            run.append(event)
             continue
-        if roster is None:
-            roster, line = dict(state.registrations), list(state.waitlist_ids)
-        rid = event.registration_id
+        if run:
+            state, run = _roster_run(state, run), []
+        state = evolve(state, event)
+    return _roster_run(state, run) if run else state
+
+
+def _roster_run(state: Consultation, events: Iterable[DomainEvent]) -> Consultation:
+    """``state`` after a run of roster events, applied to one copy of the roster and line."""
+    roster, line = dict(state.registrations), list(state.waitlist_ids)
+    for event in events:
+        rid = event.registration_id  # type: ignore[attr-defined]
         match event:
             case ParticipantRegistered() | ParticipantWaitlisted():
-                roster[rid] = _joined(event)
-                if isinstance(event, ParticipantWaitlisted):
+                waitlisted = isinstance(event, ParticipantWaitlisted)
+                roster[rid] = Registration(
+                    registration_id=rid,
+                    person_id=event.person_id,
+                    name=event.name,
+                    email=event.email,
+                    organisation_id=event.organisation_id,
+                    role=event.role,
+                    country=event.country,
+                    status=WAITLISTED if waitlisted else REGISTERED,
+                )
+                if waitlisted:
                     line.append(rid)
             case ParticipantPromoted() | RegistrationCancelled():
                 promoted = isinstance(event, ParticipantPromoted)
                 roster[rid] = replace(roster[rid], status=REGISTERED if promoted else CANCELLED)
+                # Whoever is no longer waitlisted leaves the line.
                 line = [i for i in line if roster[i].status == WAITLISTED]
             case ParticipantCheckedIn():
                 roster[rid] = replace(roster[rid], checked_in=True)
             case ParticipantAssigned():
                 roster[rid] = replace(roster[rid], working_group_id=event.working_group_id)
-    return flush(state)
-
-
-def _update(state: Consultation, registration_id: UUID, **changes: Any) -> Consultation:
-    registration = replace(state.registrations[registration_id], **changes)
-    return replace(state, registrations={**state.registrations, registration_id: registration})
-
-
-def _leave_waitlist(state: Consultation) -> Consultation:
-    """Drop from the waitlist whoever is no longer waitlisted."""
-    line = tuple(i for i in state.waitlist_ids if state.registrations[i].status == WAITLISTED)
-    return replace(state, waitlist_ids=line)
+    return replace(state, registrations=roster, waitlist_ids=tuple(line))
 
 
 # --- decide -------------------------------------------------------------------------------
