@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
@@ -34,9 +35,10 @@ import orjson
 import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Connection, delete, select, text
+from sqlalchemy import Connection, Insert, bindparam, delete, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 
-from infra.db import Database, insert_or_skip
+from infra.db import Database
 from infra.schema import keyring_epoch, person_keys
 from services.messages import PERSONAL_KEY, iter_personal
 from services.ports import NewEvent
@@ -83,6 +85,24 @@ _BUMP_EPOCH = text(
     "INSERT INTO keyring_epoch (id, epoch) VALUES (1, 1) "
     "ON CONFLICT (id) DO UPDATE SET epoch = keyring_epoch.epoch + 1"
 )
+
+
+_KEYS_OF = select(person_keys.c.person_id, person_keys.c.kid, person_keys.c.key).where(
+    person_keys.c.person_id.in_(bindparam("ids", expanding=True))
+)
+_EPOCH = select(keyring_epoch.c.epoch)
+
+
+@lru_cache(maxsize=2)
+def _claim_keys(dialect: str) -> Insert:
+    """Insert new keys; where a person has one already, keep it. Either way the stored key
+    comes back (the no-op update is what makes an existing row returnable)."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(person_keys)
+    return stmt.on_conflict_do_update(
+        index_elements=[person_keys.c.person_id],
+        set_={"person_id": stmt.excluded.person_id},
+    ).returning(person_keys.c.person_id, person_keys.c.kid, person_keys.c.key)
 
 
 class Keyring:
@@ -135,22 +155,22 @@ class Keyring:
                     found[s] = (hit[0], hit[1])
         missing = subjects - found.keys()
         if missing:
-            with self.db.write() as conn:
-                fresh = [
-                    {
-                        "person_id": UUID(s),
-                        "kid": secrets.token_hex(8),
-                        "key": AESGCM.generate_key(bit_length=256),
-                        "created_at": datetime.now(UTC),
-                    }
-                    for s in sorted(missing)
-                ]
-                # One multi-row statement (a batch of new signatories is one round trip).
+            fresh = [
+                {
+                    "person_id": UUID(s),
+                    "kid": secrets.token_hex(8),
+                    "key": AESGCM.generate_key(bit_length=256),
+                    "created_at": datetime.now(UTC),
+                }
+                for s in sorted(missing)
+            ]
+            with self.db.autocommit() as conn:
+                claim = _claim_keys(conn.dialect.name)
+                # One statement per chunk (a batch of new signatories is one round trip): the
+                # key each person has, made now where there was none (or a racing writer's).
                 for start in range(0, len(fresh), CHUNK):
-                    conn.execute(
-                        insert_or_skip(conn, person_keys).values(fresh[start : start + CHUNK])
-                    )
-                found.update(self._lookup(conn, missing))  # ours, or a racing writer's
+                    for person, kid, key in conn.execute(claim, fresh[start : start + CHUNK]):
+                        found[str(person)] = (kid, bytes(key))
             with self._lock:
                 if len(self._cache) > self.cache_size:
                     self._cache.clear()
@@ -194,11 +214,7 @@ class Keyring:
         found: dict[str, tuple[str, bytes]] = {}
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
-            rows = conn.execute(
-                select(person_keys.c.person_id, person_keys.c.kid, person_keys.c.key).where(
-                    person_keys.c.person_id.in_(chunk)
-                )
-            )
+            rows = conn.execute(_KEYS_OF, {"ids": chunk})
             for person, kid, key in rows:
                 found[str(person)] = (kid, bytes(key))
         return found
@@ -222,7 +238,7 @@ class Keyring:
     @staticmethod
     def epoch(conn: Connection) -> int:
         """How many keys were ever deleted: moves with every erasure (see infra/lanes.py)."""
-        return int(conn.execute(select(keyring_epoch.c.epoch)).scalar() or 0)
+        return int(conn.execute(_EPOCH).scalar() or 0)
 
     def known(self, person_id: UUID) -> bool:
         """True while the person's key exists (their data can be read)."""

@@ -6,9 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, Connection, Index, Integer, String, Table, Uuid
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from infra.db import upsert
 from infra.projections.base import Tables
 from infra.schema import UtcDateTime, metadata
 from services.ports import RecordedEvent
@@ -56,14 +55,5 @@ class StreamCatalog:
                 row.update(version=e.version, last_position=e.position, updated_at=e.recorded_at)
         if not latest:
             return
-        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        stmt = insert(table)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[table.c.stream_id],
-            set_={
-                "version": stmt.excluded.version,
-                "last_position": stmt.excluded.last_position,
-                "updated_at": stmt.excluded.updated_at,
-            },
-        )
+        stmt = upsert(conn, table, "stream_id", ("version", "last_position", "updated_at"))
         conn.execute(stmt, list(latest.values()))

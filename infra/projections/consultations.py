@@ -34,10 +34,8 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from infra.db import insert_or_skip
+from infra.db import insert_or_skip, upsert
 from infra.personal import Keyring
 from infra.projections.base import Tables
 from infra.schema import UtcDateTime, metadata
@@ -419,11 +417,6 @@ def _upsert(
     one statement for the lot (each key at most once)."""
     if not rows:
         return
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[table.c[key]],
-        set_={c: stmt.excluded[c] for c in rows[0] if c != key and c not in keep},
-    )
+    stmt = upsert(conn, table, key, [c for c in rows[0] if c != key and c not in keep])
     for start in range(0, len(rows), 1000):
         conn.execute(stmt, rows[start : start + 1000])

@@ -13,11 +13,12 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 
 import structlog
-from sqlalchemy import Connection, bindparam, text
+from sqlalchemy import Connection, TextClause, bindparam, text
 
-from infra.db import Database, dialect_insert
+from infra.db import Database, upsert
 from infra.eventstore.store import SqlEventStore
 from infra.projections.base import Projection, Tables, live_tables, reads_payload
 from infra.schema import projection_checkpoints
@@ -171,32 +172,15 @@ class Projector:
             return
         now = datetime.now(UTC)
         rows = [{"name": n, "position": p, "updated_at": now} for n, p in positions.items()]
-        upsert = dialect_insert(conn, projection_checkpoints)
-        conn.execute(
-            upsert.values(rows).on_conflict_do_update(
-                index_elements=["name"],
-                set_={
-                    "position": upsert.excluded.position,
-                    "updated_at": upsert.excluded.updated_at,
-                },
-            )
-        )
+        conn.execute(upsert(conn, projection_checkpoints, "name", ("position", "updated_at")), rows)
 
     def _lock_all(self, conn: Connection, names: list[str]) -> dict[str, int]:
         """Take every named projection's lock (in one fixed order: no deadlock) and return
         their checkpoints, in this transaction."""
         if self.db.is_postgres:  # one round trip, the same order every time
             keys = sorted(lock_key(name) for name in names)
-            calls = ", ".join(f"pg_advisory_xact_lock(:k{i})" for i in range(len(keys)))
-            conn.execute(text(f"SELECT {calls}"), {f"k{i}": k for i, k in enumerate(keys)})
-        rows: dict[str, int] = dict(
-            conn.execute(
-                text(
-                    "SELECT name, position FROM projection_checkpoints WHERE name IN :names"
-                ).bindparams(bindparam("names", expanding=True)),
-                {"names": names},
-            ).all()
-        )
+            conn.execute(_locks(len(keys)), {f"k{i}": k for i, k in enumerate(keys)})
+        rows: dict[str, int] = dict(conn.execute(_CHECKPOINTS_OF, {"names": names}).all())
         return {name: int(rows.get(name, 0)) for name in names}
 
     def step(self, projection: Projection, tables: Tables) -> tuple[int, int]:
@@ -231,7 +215,7 @@ class Projector:
     # -- checkpoints -----------------------------------------------------------------------
 
     def checkpoint(self, name: str, conn: Connection | None = None) -> int:
-        sql = text("SELECT position FROM projection_checkpoints WHERE name = :name")
+        sql = _CHECKPOINT
         if conn is not None:
             return int(conn.execute(sql, {"name": name}).scalar() or 0)
         with self.db.read() as c:
@@ -240,15 +224,13 @@ class Projector:
     def checkpoints(self, names: Sequence[str] | None = None) -> dict[str, int]:
         wanted = list(names or self.projections)
         with self.db.read() as conn:
-            rows: dict[str, int] = dict(
-                conn.execute(text("SELECT name, position FROM projection_checkpoints")).all()
-            )
+            rows: dict[str, int] = dict(conn.execute(_CHECKPOINTS).all())
         return {n: int(rows.get(n, 0)) for n in wanted}
 
     def lock(self, conn: Connection, name: str) -> int:
         """Take the projection's lock for this transaction and return its checkpoint."""
         if self.db.is_postgres:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(name)})
+            conn.execute(_locks(1), {"k0": lock_key(name)})
         return self.checkpoint(name, conn)
 
     def save(self, conn: Connection, name: str, position: int) -> None:
@@ -274,6 +256,20 @@ class Projector:
                     raise
                 on_error(exc)
                 stop.wait(1.0)
+
+
+_CHECKPOINT = text("SELECT position FROM projection_checkpoints WHERE name = :name")
+_CHECKPOINTS = text("SELECT name, position FROM projection_checkpoints")
+_CHECKPOINTS_OF = text(
+    "SELECT name, position FROM projection_checkpoints WHERE name IN :names"
+).bindparams(bindparam("names", expanding=True))
+
+
+@lru_cache(maxsize=64)
+def _locks(count: int) -> TextClause:
+    """One statement taking ``count`` advisory locks, in the order of its parameters."""
+    calls = ", ".join(f"pg_advisory_xact_lock(:k{i})" for i in range(count))
+    return text(f"SELECT {calls}")
 
 
 def lock_key(name: str) -> int:

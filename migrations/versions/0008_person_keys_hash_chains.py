@@ -79,6 +79,8 @@ def _backfill(bind: sa.Connection) -> None:
         def write(self) -> nullcontext[sa.Connection]:
             return nullcontext(bind)
 
+        autocommit = write
+
     keyring = Keyring(_OnThisConnection(), cache_ttl_s=86_400.0)  # type: ignore[arg-type]
     sqlite = bind.dialect.name == "sqlite"
     data_param = ":data" if sqlite else "CAST(:data AS jsonb)"
