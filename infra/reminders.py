@@ -203,8 +203,12 @@ class Reminders:
                 )
             ).scalar_one_or_none()
             return deadline is None or deadline <= now
-        detail = self._detail(conn, reminder.consultation_id)
-        return detail is None or datetime.fromisoformat(detail["ends_at"]) <= now
+        ends_at = conn.execute(
+            select(consultations.c.ends_at).where(
+                consultations.c.consultation_id == reminder.consultation_id
+            )
+        ).scalar_one_or_none()
+        return ends_at is None or ends_at <= now
 
     def _superseded(self, conn: Connection, reminder: Any, now: datetime) -> bool:
         closer = conn.execute(

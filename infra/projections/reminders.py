@@ -85,6 +85,20 @@ reminders = Table(
 )
 
 
+#: The consultation events that move what its reminders hang on (see ``_consultation``).
+_RESCHEDULING = frozenset(
+    {
+        "consultation.revised",
+        "consultation.rescheduled",
+        "consultation.registration_opened",
+        "consultation.registration_closed",
+        "consultation.cancelled",
+        "consultation.completed",
+        "consultation.reminders_configured",
+    }
+)
+
+
 class ReminderSchedule:
     """Keeps ``reminders`` equal to what the log says is (or will be) due.
 
@@ -135,11 +149,15 @@ class ReminderSchedule:
             run.consultations[e.stream_id] = (data["timezone"], state)
             self._schedule_consultation(run, e, data["timezone"], state)
             return
+        if e.type not in _RESCHEDULING:
+            # A registration, a check-in, a session: nothing reminders hang on moves (and the
+            # consultation's row exists: its first event made it), so no row is read.
+            self._notice(run, e, e.stream_id, None)
+            return
         known = self._consultation_state(run, e.stream_id)
         if known is None:
             return
         timezone, state = known
-        changed = True
         match e.type:
             case "consultation.revised":
                 timezone = data.get("timezone") or timezone
@@ -156,18 +174,15 @@ class ReminderSchedule:
                 state["status"] = "completed"
             case "consultation.reminders_configured":
                 state["offsets"] = {**state["offsets"], **data["offsets"]}
-            case _:
-                changed = False
-        if changed:
-            run.execute(
-                table.update()
-                .where(table.c.consultation_id == e.stream_id)
-                .values(timezone=timezone, state=state)
-            )
-            run.consultations[e.stream_id] = (timezone, state)
-            self._schedule_consultation(run, e, timezone, state)
-            if e.type == "consultation.reminders_configured":
-                self._reschedule_statements(run, e, timezone, state)
+        run.execute(
+            table.update()
+            .where(table.c.consultation_id == e.stream_id)
+            .values(timezone=timezone, state=state)
+        )
+        run.consultations[e.stream_id] = (timezone, state)
+        self._schedule_consultation(run, e, timezone, state)
+        if e.type == "consultation.reminders_configured":
+            self._reschedule_statements(run, e, timezone, state)
         self._notice(run, e, e.stream_id, None)
 
     def _schedule_consultation(
