@@ -43,11 +43,15 @@ planning, sign-ups, joint statements and endorsements — and builds current sta
 """
 
 
-def create_app(system: System | None = None, *, background: bool = False) -> FastAPI:
+def create_app(
+    system: System | None = None, *, background: bool = False, prepare: bool = True
+) -> FastAPI:
     """Build the FastAPI app; without ``system`` it bootstraps one from the environment.
 
     Projections catch up in the worker (``concord worker``); ``background=True`` runs that
     loop in this process instead (handy for a single-process deployment or a test).
+    ``prepare=False`` leaves each route to be prepared on its first request, as FastAPI does
+    by default: for an app that lives for a handful of requests (a test), not for a server.
     """
     settings = system.settings if system is not None else get_settings()
 
@@ -59,7 +63,8 @@ def create_app(system: System | None = None, *, background: bool = False) -> Fas
         # FastAPI prepares each route (its dependencies, pydantic adapters) the first time a
         # request is matched against its router: about a second of CPU per process, which the
         # first requests would otherwise wait for. The OpenAPI document walks every route.
-        app.openapi()
+        if prepare:
+            app.openapi()
         if background:
             running.start_background()
         live.drain_on_signals()  # a stop signal ends live event streams, so shutdown is not held

@@ -15,7 +15,9 @@ from infra.bootstrap import System
 
 @pytest.fixture
 def client(system: System) -> Iterator[TestClient]:
-    app = create_app(system, background=False)
+    # Each test serves a handful of requests: preparing every route up front (about a second
+    # of CPU, test_startup.py proves it happens for a server) would dominate the suite.
+    app = create_app(system, background=False, prepare=False)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
