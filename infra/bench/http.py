@@ -449,6 +449,8 @@ class Sampler:
     pids: Callable[[], list[int]]
     every_s: float = 0.1
     lags: list[float] = field(default_factory=list)
+    #: The same per projection: which one is behind when the log's oldest unapplied event is.
+    lags_by_projection: dict[str, list[float]] = field(default_factory=dict)
     rss: dict[int, float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -472,19 +474,33 @@ class Sampler:
             while not self._stop.wait(self.every_s):
                 for pid in self.pids():
                     self.rss[pid] = max(self.rss.get(pid, 0.0), rss_mb(pid))
-                row = conn.execute(
-                    "SELECT (SELECT recorded_at FROM events WHERE position = c.position + 1) "
-                    "FROM (SELECT min(position) AS position FROM projection_checkpoints) c"
-                ).fetchone()
-                behind = row[0] if row else None
-                lag = (datetime.now(UTC) - behind).total_seconds() if behind else 0.0
-                self.lags.append(max(lag, 0.0))
+                rows = conn.execute(
+                    "SELECT c.name,"
+                    " (SELECT recorded_at FROM events WHERE position = c.position + 1)"
+                    " FROM projection_checkpoints c"
+                ).fetchall()
+                now = datetime.now(UTC)
+                lags = {
+                    name: (now - behind).total_seconds() if behind else 0.0 for name, behind in rows
+                }
+                for name, lag in lags.items():
+                    self.lags_by_projection.setdefault(name, []).append(max(lag, 0.0))
+                self.lags.append(max([0.0, *lags.values()]))
 
     def lag_p99(self) -> float:
-        if not self.lags:
-            return 0.0
-        ordered = sorted(self.lags)
-        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+        return _p99(self.lags)
+
+    def lag_p99_by_projection(self) -> dict[str, float]:
+        return {
+            name: round(_p99(lags), 3) for name, lags in sorted(self.lags_by_projection.items())
+        }
+
+
+def _p99(values: list[float]) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
 # -- the world the loads run in -------------------------------------------------------------
@@ -731,9 +747,18 @@ def run_http(
             )
             events = _count_events(url)
         lag = max(hot_sampler.lag_p99(), spread_sampler.lag_p99())
+        hot_by, spread_by = (
+            hot_sampler.lag_p99_by_projection(),
+            spread_sampler.lag_p99_by_projection(),
+        )
+        by_projection = {
+            name: max(hot_by.get(name, 0.0), spread_by.get(name, 0.0))
+            for name in sorted({*hot_by, *spread_by})
+        }
         peak = max(memory.values(), default=0.0)
         extra = {
             "projection_lag_p99_s": round(lag, 3),
+            "projection_lag_p99_s_by_projection": by_projection,
             "api_peak_rss_mb": round(peak, 1),
             "api_peak_rss_mb_by_load": peaks,
         }

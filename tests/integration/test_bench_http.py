@@ -74,6 +74,10 @@ def test_a_tiny_http_bench_answers_every_request_and_reports_each_workload(
     conflicts = next(t for t in hot["targets"] if t["what"] == "client-visible conflicts")
     assert conflicts["actual"] == 0 and conflicts["ok"]
     assert hot["details"]["events_in_log"] > 0
+    # The lag is also told per projection (which one is behind), the worker's ones included.
+    by_projection = hot["details"]["projection_lag_p99_s_by_projection"]
+    assert {"consultations", "reminders"} <= set(by_projection)
+    assert all(lag >= 0 for lag in by_projection.values())
     memory = workloads[4]["details"]["api_peak_rss_mb"]
     assert memory > 0, "the sampler read the API processes' memory"
     assert "hot statement" in seen and "endorsements page" in seen
