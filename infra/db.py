@@ -48,11 +48,12 @@ def _insert_or_skip(dialect: str, table: Table) -> Insert:
 def upsert(conn: Connection, table: Table, key: str, columns: Sequence[str]) -> Insert:
     """``INSERT … ON CONFLICT (key) DO UPDATE`` setting ``columns`` from the new row; run it
     with a list of rows (one round trip for the lot)."""
-    return _upsert(conn.dialect.name, table, key, tuple(columns))
+    return upsert_statement(conn.dialect.name, table, key, tuple(columns))
 
 
 @lru_cache(maxsize=512)
-def _upsert(dialect: str, table: Table, key: str, columns: tuple[str, ...]) -> Insert:
+def upsert_statement(dialect: str, table: Table, key: str, columns: tuple[str, ...]) -> Insert:
+    """:func:`upsert` for a back end named by its dialect (``postgresql`` or ``sqlite``)."""
     stmt = _insert(dialect, table)
     return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
         index_elements=[table.c[key]], set_={c: stmt.excluded[c] for c in columns}

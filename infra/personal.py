@@ -36,9 +36,8 @@ import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, Insert, bindparam, delete, select, text
-from sqlalchemy.dialects import postgresql, sqlite
 
-from infra.db import Database
+from infra.db import Database, upsert_statement
 from infra.schema import keyring_epoch, person_keys
 from services.messages import PERSONAL_KEY, iter_personal
 from services.ports import NewEvent
@@ -97,12 +96,8 @@ _EPOCH = select(keyring_epoch.c.epoch)
 def _claim_keys(dialect: str) -> Insert:
     """Insert new keys; where a person has one already, keep it. Either way the stored key
     comes back (the no-op update is what makes an existing row returnable)."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(person_keys)
-    return stmt.on_conflict_do_update(
-        index_elements=[person_keys.c.person_id],
-        set_={"person_id": stmt.excluded.person_id},
-    ).returning(person_keys.c.person_id, person_keys.c.kid, person_keys.c.key)
+    claim = upsert_statement(dialect, person_keys, "person_id", ("person_id",))
+    return claim.returning(person_keys.c.person_id, person_keys.c.kid, person_keys.c.key)
 
 
 class Keyring:
