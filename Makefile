@@ -53,8 +53,12 @@ demo: install
 migrate: install
 	$(BIN)/concord migrate
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each test file whole in one of
+# them: each process has its own databases and Celery queue (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m tests.run
+	$(BIN)/python -m tests.run -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check .

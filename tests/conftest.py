@@ -21,8 +21,14 @@ from infra.settings import Settings
 from tests import backends
 
 # Each test run consumes its own Celery queue, so two runs sharing one Redis never take each
-# other's tasks (subprocesses inherit it through the environment).
-os.environ.setdefault("CONCORD_QUEUE", f"concord-test-{uuid.uuid4().hex[:12]}")
+# other's tasks (subprocesses inherit it through the environment). Under pytest-xdist every
+# worker process is a run of its own: it inherits the controller's environment, so it names its
+# own queue (Redis keys of rate limits and live streams are scoped by the queue name too).
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER:
+    os.environ["CONCORD_QUEUE"] = f"concord-test-{_WORKER}-{uuid.uuid4().hex[:12]}"
+else:
+    os.environ.setdefault("CONCORD_QUEUE", f"concord-test-{uuid.uuid4().hex[:12]}")
 # A live event stream (GET /v1/events/stream) ends after a second here, so a client that reads
 # whole responses (the authorization matrix) gets one; the stream tests set their own limits.
 os.environ["CONCORD_SSE_MAX_SECONDS"] = "1"

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import datetime
 from uuid import UUID
 
 import psycopg
@@ -34,20 +35,32 @@ def admin(system: System) -> Iterator[psycopg.Connection]:
         yield conn
 
 
-def backend_waiting(conn: psycopg.Connection, query: str, timeout_s: float = 20) -> int:
-    """The pid of the API's backend running a statement that contains ``query``."""
+def backend_waiting(
+    conn: psycopg.Connection, query: str, timeout_s: float = 20, since: datetime | None = None
+) -> int:
+    """The pid of the API's backend running a statement that contains ``query``; with
+    ``since``, the one that ran it last since then, even if it is between two runs (a writer
+    polling for its positions is active for a fraction of a millisecond at a time)."""
     deadline = time.monotonic() + timeout_s
+    state = "query_start >= %s" if since is not None else "state = 'active'"
+    extra = (since,) if since is not None else ()
     while True:
         conn.execute("SELECT pg_stat_clear_snapshot()")  # inside a transaction it is kept
         row = conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid() AND state = 'active' AND query LIKE %s",
-            (f"%{query}%",),
+            f"AND pid <> pg_backend_pid() AND {state} AND query LIKE %s",
+            (*extra, f"%{query}%"),
         ).fetchone()
         if row is not None:
             return int(row[0])
         assert time.monotonic() < deadline, f"no backend ran {query!r}"
         time.sleep(0.02)
+
+
+def now(conn: psycopg.Connection) -> datetime:
+    row = conn.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    return row[0]
 
 
 def kill(conn: psycopg.Connection, pid: int) -> None:
@@ -97,8 +110,9 @@ def test_a_connection_killed_after_its_commit_is_settled_by_a_retry_with_the_sam
         headers = {**Keys(system).organiser, "Idempotency-Key": "hrwg-once"}
         with admin(system) as conn, ThreadPoolExecutor(1) as pool:
             conn.execute("SELECT pg_advisory_lock(%s)", (SEQUENCER_LOCK,))
+            since = now(conn)
             pending = pool.submit(client.post, "/v1/organisations", json=HRWG, headers=headers)
-            kill(conn, backend_waiting(conn, "concord_sequence_events"))
+            kill(conn, backend_waiting(conn, "concord_sequence_events", since=since))
             answer = pending.result(timeout=30)
             conn.execute("SELECT pg_advisory_unlock(%s)", (SEQUENCER_LOCK,))
         assert_unavailable(answer)
