@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 from sqlalchemy import Connection, and_, false, func, or_, select, update
+from sqlalchemy.exc import DBAPIError
 
 from infra.bootstrap import System
 from infra.calendar import ics
@@ -105,8 +106,22 @@ class Reminders:
         now = now or datetime.now(UTC)
         self.system.projector.catch_up(names=["reminders"])
         due = self._due_unfanned(now)
-        for reminder in due:
-            self._fan_out(reminder, now)
+        if due:
+            try:
+                self._fan_out(due, now)
+            except DBAPIError:
+                raise  # the database, not a reminder: the next tick tries them all again
+            except Exception:
+                # One reminder that cannot be fanned out must not hold back the others (nor
+                # the messages already queued): it stays due, and is tried again next tick.
+                log.warning("fanning out together failed; one reminder at a time", due=len(due))
+                for reminder in due:
+                    try:
+                        self._fan_out([reminder], now)
+                    except DBAPIError:
+                        raise
+                    except Exception:
+                        log.exception("reminder not fanned out", reminder=reminder.key)
         return self._ready(now)
 
     def _due_unfanned(self, now: datetime) -> list[Any]:
@@ -121,16 +136,24 @@ class Reminders:
                 )
             )
 
-    def _fan_out(self, reminder: Any, now: datetime) -> None:
+    def _fan_out(self, due: list[Any], now: datetime) -> None:
+        """Mark reminders fanned out and queue their messages, all in one transaction (one
+        commit per tick, not one per reminder: under a wave of sign-ups each registration
+        brings a notice).
+
+        Two schedulers ticking at once both try to mark the same reminders: each marks them in
+        key order (so neither waits for the other in a cycle), a reminder the other marked
+        first is skipped, and only the reminders this transaction marked get messages from it.
+        Messages are queued in the order the reminders fell due (``due``'s order).
+        """
         with self.db.write() as conn:
-            recipients = self._recipients(conn, reminder, now)
-            marked = conn.execute(
-                insert_or_skip(conn, reminder_fanouts).values(
-                    reminder_key=reminder.key, recipients=len(recipients), done_at=now
-                )
-            )
-            if marked.rowcount == 0:
-                return  # another scheduler fanned it out first
+            planned = {r.key: self._recipients(conn, r, now) for r in due}
+            marks = [
+                {"reminder_key": r.key, "recipients": len(planned[r.key]), "done_at": now}
+                for r in sorted(due, key=lambda r: str(r.key))
+            ]
+            mark = insert_or_skip(conn, reminder_fanouts).returning(reminder_fanouts.c.reminder_key)
+            marked = set(conn.execute(mark, marks).scalars())
             rows = [
                 {
                     "key": key,
@@ -146,12 +169,18 @@ class Reminders:
                     "next_attempt_at": now,
                     "created_at": now,
                 }
-                for kind, recipient in recipients
+                for reminder in due
+                if reminder.key in marked
+                for kind, recipient in planned[reminder.key]
                 for key in [message_key(reminder.key, kind, recipient)]
             ]
             if rows:
                 conn.execute(insert_or_skip(conn, mail_outbox), rows)
-        log.info("reminder due", reminder=reminder.key, recipients=len(recipients))
+        for reminder in due:
+            if reminder.key in marked:
+                log.info(
+                    "reminder due", reminder=reminder.key, recipients=len(planned[reminder.key])
+                )
 
     def _recipients(self, conn: Connection, reminder: Any, now: datetime) -> list[tuple[str, UUID]]:
         """Who gets this reminder, as (kind, id); nobody when it is stale or superseded."""

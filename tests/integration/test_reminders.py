@@ -19,12 +19,14 @@ import icalendar
 import pytest
 import structlog.testing
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from api.main import create_app
 from infra.bootstrap import System
 from infra.mail.transport import Maildir, Smtp
+from infra.projections.reminders import reminders as reminders_table
 from infra.reminders import Reminders
-from infra.schema import mail_outbox
+from infra.schema import mail_outbox, reminder_fanouts
 from services.reminders.events import message_stream
 from tests.e2e.conftest import Keys
 from tests.mailserver import MailServer
@@ -382,6 +384,41 @@ def test_two_schedulers_and_two_senders_send_each_message_once(
     assert results.count("sent") == 5
     ids = smtp.inbox.by_id()
     assert len(ids) == 10 and all(len(v) == 1 for v in ids.values())
+
+
+def test_a_reminder_that_cannot_be_fanned_out_holds_back_none_of_the_others(
+    client: TestClient, system: System, smtp: MailServer
+) -> None:
+    """A tick fans out its due reminders together; should one of them fail (here a row whose
+    audience nobody knows), the others still go out and that one stays due."""
+    keys = Keys(system)
+    organiser = keys.organiser
+    host = org(client, organiser, "HRWG", "hrwg@example.org")
+    starts = datetime.now(UTC).replace(microsecond=0, second=0) + timedelta(days=9)
+    cid = plan(client, organiser, host, "Asia/Jakarta", starts)
+    open_registration(client, organiser, cid, starts - timedelta(days=1))
+    for i in range(3):
+        register(client, organiser, cid, f"Participant {i}", f"p{i}@example.org")
+    now = datetime.now(UTC)
+    with system.db.write() as conn:
+        conn.execute(
+            reminders_table.insert().values(
+                key="broken/1",
+                rule="registration_confirmed",
+                due_at=now - timedelta(minutes=1),
+                audience={"kind": "nobody-knows"},
+                position=1,
+            )
+        )
+    reminders = Reminders(system, mail=Smtp(smtp.url, 10))
+    with structlog.testing.capture_logs() as logs:
+        sent = run(reminders, now)
+    assert sent_rules(sent) == ["registration_confirmed"] * 3
+    assert any(e["event"] == "reminder not fanned out" for e in logs)
+    with system.db.read() as conn:
+        fanned = set(conn.execute(select(reminder_fanouts.c.reminder_key)).scalars())
+    assert "broken/1" not in fanned and len(fanned) == 3
+    assert run(reminders, now) == [], "nothing twice; the broken one is still due, still failing"
 
 
 def test_a_refused_recipient_leaves_no_address_in_the_outbox_or_the_logs(
