@@ -360,17 +360,23 @@ def test_endorsement_deadline_reminders_and_endorsement_notices(
     assert run(reminders, deadline - timedelta(hours=24) + MINUTE) == [], "reopening drops it"
 
 
-def test_two_schedulers_and_two_senders_send_each_message_once(
-    client: TestClient, system: System, smtp: MailServer
-) -> None:
-    keys = Keys(system)
-    organiser = keys.organiser
+def open_with_participants(client: TestClient, system: System, people: int) -> datetime:
+    """A consultation in nine days, open for registration, with ``people`` registered (each
+    registration brings a confirmation notice, due now); returns when it starts."""
+    organiser = Keys(system).organiser
     host = org(client, organiser, "HRWG", "hrwg@example.org")
     starts = datetime.now(UTC).replace(microsecond=0, second=0) + timedelta(days=9)
     cid = plan(client, organiser, host, "Asia/Jakarta", starts)
     open_registration(client, organiser, cid, starts - timedelta(days=1))
-    for i in range(5):
+    for i in range(people):
         register(client, organiser, cid, f"Participant {i}", f"p{i}@example.org")
+    return starts
+
+
+def test_two_schedulers_and_two_senders_send_each_message_once(
+    client: TestClient, system: System, smtp: MailServer
+) -> None:
+    starts = open_with_participants(client, system, 5)
     a = Reminders(system, mail=Smtp(smtp.url, 10))
     b = Reminders(system, mail=Smtp(smtp.url, 10))
     now = datetime.now(UTC)
@@ -391,14 +397,7 @@ def test_a_reminder_that_cannot_be_fanned_out_holds_back_none_of_the_others(
 ) -> None:
     """A tick fans out its due reminders together; should one of them fail (here a row whose
     audience nobody knows), the others still go out and that one stays due."""
-    keys = Keys(system)
-    organiser = keys.organiser
-    host = org(client, organiser, "HRWG", "hrwg@example.org")
-    starts = datetime.now(UTC).replace(microsecond=0, second=0) + timedelta(days=9)
-    cid = plan(client, organiser, host, "Asia/Jakarta", starts)
-    open_registration(client, organiser, cid, starts - timedelta(days=1))
-    for i in range(3):
-        register(client, organiser, cid, f"Participant {i}", f"p{i}@example.org")
+    open_with_participants(client, system, 3)
     now = datetime.now(UTC)
     with system.db.write() as conn:
         conn.execute(
