@@ -207,7 +207,7 @@ class SqlEventStore:
         No sequencing. ``events`` are stored as given (sealed already, if they need it);
         ``meta`` is one metadata for all of them or one per event."""
         metas = [meta] * len(events) if isinstance(meta, dict) else list(meta)
-        with _driver_cursor(conn) as cur:
+        with driver_cursor(conn) as cur:
             try:
                 self._execute_append(
                     cur, stream_id, stream_type, expected, events, metas, recorded_at
@@ -310,7 +310,7 @@ class SqlEventStore:
         deadline = time.monotonic() + self.sequence_timeout_s
         pause = 0.0002
         params = {"stream_id": stream_id, "first": first, "last": last}
-        with _driver_cursor(conn) as cur:
+        with driver_cursor(conn) as cur:
             while True:
                 cur.execute(_PG_SEQUENCE, params)
                 row = cur.fetchone()
@@ -326,7 +326,7 @@ class SqlEventStore:
         """Run one sequencing step (the background fallback); returns the head position."""
         if not self.db.is_postgres:
             return self.head_position()
-        with self.db.autocommit() as conn, _driver_cursor(conn) as cur:
+        with self.db.autocommit() as conn, driver_cursor(conn) as cur:
             cur.execute(_PG_SEQUENCE, {"stream_id": None, "first": None, "last": None})
             cur.execute(_HEAD_SQL)
             row = cur.fetchone()
@@ -444,7 +444,7 @@ class SqlEventStore:
         self, conn: Connection, sql: str, params: dict[str, Any], payload: bool = True
     ) -> list[RecordedEvent]:
         """Run a read on the driver's cursor and build records (upcast to current schemas)."""
-        with _driver_cursor(conn) as cur:
+        with driver_cursor(conn) as cur:
             cur.execute(sql, params)
             rows = cur.fetchall()
         if not payload:
@@ -513,7 +513,7 @@ def _content_hashes(
 
 
 @contextmanager
-def _driver_cursor(conn: Connection) -> Iterator[Any]:
+def driver_cursor(conn: Connection) -> Iterator[Any]:
     """A psycopg cursor on ``conn``'s own connection: the hot path skips SQL compilation.
 
     A dropped connection is handled as SQLAlchemy's own execution path does it: every pooled

@@ -8,6 +8,7 @@ run at once: the lock serialises them and the re-check makes an event already ap
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import zlib
@@ -19,7 +20,7 @@ import structlog
 from sqlalchemy import Connection, TextClause, bindparam, text
 
 from infra.db import Database, upsert
-from infra.eventstore.store import SqlEventStore
+from infra.eventstore.store import SqlEventStore, driver_cursor
 from infra.projections.base import Projection, Tables, live_tables, reads_payload
 from infra.schema import projection_checkpoints
 from services.ports import RecordedEvent
@@ -183,11 +184,18 @@ class Projector:
 
     def _lock_all(self, conn: Connection, names: list[str]) -> dict[str, int]:
         """Take every named projection's lock (in one fixed order: no deadlock) and return
-        their checkpoints, in this transaction."""
-        if self.db.is_postgres:  # one round trip, the same order every time
-            keys = sorted(lock_key(name) for name in names)
-            conn.execute(_locks(len(keys)), {f"k{i}": k for i, k in enumerate(keys)})
-        rows: dict[str, int] = dict(conn.execute(_CHECKPOINTS_OF, {"names": names}).all())
+        their checkpoints, in this transaction.
+
+        On PostgreSQL both go in one round trip (:func:`_lock_and_read`): the lock is held by
+        the one process applying a page, so every round trip it makes while holding it
+        delays every command waiting for these projections."""
+        if self.db.is_postgres:
+            with driver_cursor(conn) as cur:
+                cur.execute(_lock_and_read(tuple(sorted(names))))
+                cur.nextset()
+                rows: dict[str, int] = dict(cur.fetchall())
+        else:
+            rows = dict(conn.execute(_CHECKPOINTS_OF, {"names": names}).all())
         return {name: int(rows.get(name, 0)) for name in names}
 
     def step(self, projection: Projection, tables: Tables) -> tuple[int, int]:
@@ -277,6 +285,28 @@ def _locks(count: int) -> TextClause:
     """One statement taking ``count`` advisory locks, in the order of its parameters."""
     calls = ", ".join(f"pg_advisory_xact_lock(:k{i})" for i in range(count))
     return text(f"SELECT {calls}")
+
+
+#: What a projection may be called (its name is written into :func:`_lock_and_read`'s SQL).
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+@lru_cache(maxsize=64)
+def _lock_and_read(names: tuple[str, ...]) -> str:
+    """Take the projections' advisory locks (in key order), then read their checkpoints: two
+    statements in one query string, so one round trip. It has no parameters (the names are
+    checked and written in), so psycopg sends it as a simple query; under READ COMMITTED its
+    second statement takes its snapshot once the locks are held, so it sees the checkpoints
+    the previous holder committed."""
+    for name in names:
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"projection name {name!r} is not a plain identifier")
+    locks = ", ".join(f"pg_advisory_xact_lock({k})" for k in sorted(map(lock_key, names)))
+    listed = ", ".join(f"'{name}'" for name in names)
+    return (
+        f"SELECT {locks}; "
+        f"SELECT name, position FROM projection_checkpoints WHERE name IN ({listed})"
+    )
 
 
 def lock_key(name: str) -> int:

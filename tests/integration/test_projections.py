@@ -111,6 +111,24 @@ def test_two_projectors_racing_apply_each_event_once(system: System) -> None:
     assert len(catalog_rows(system)) == 40
 
 
+def test_a_projection_whose_name_is_not_an_identifier_is_refused_before_any_sql(
+    system: System,
+) -> None:
+    """PostgreSQL takes the locks and reads the checkpoints in one query with the names
+    written in (no parameters: one round trip), so only plain identifiers may get there."""
+
+    class Odd(StreamCatalog):
+        name = "catalog'); DROP TABLE events; --"
+
+    projector = Projector(system.db, system.store, [Odd()])
+    write(system, streams=1, events_each=1)
+    if system.db.is_postgres:
+        with pytest.raises(ValueError, match="not a plain identifier"):
+            projector.catch_up()
+    with system.db.read() as conn:
+        assert conn.execute(text("SELECT count(*) FROM events")).scalar_one() == 1
+
+
 def test_wait_for_reports_a_position_that_never_arrives(system: System) -> None:
     write(system, streams=1, events_each=1)
     system.projector.wait_for(1, timeout_s=2)
