@@ -150,7 +150,7 @@ class Reminders:
             planned = {r.key: self._recipients(conn, r, now) for r in due}
             marks = [
                 {"reminder_key": r.key, "recipients": len(planned[r.key]), "done_at": now}
-                for r in sorted(due, key=lambda r: str(r.key))
+                for r in sorted(due, key=lambda r: r.key)
             ]
             mark = insert_or_skip(conn, reminder_fanouts).returning(reminder_fanouts.c.reminder_key)
             marked = set(conn.execute(mark, marks).scalars())

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 
 import structlog
-from sqlalchemy import Connection, TextClause, bindparam, text
+from sqlalchemy import Connection, bindparam, text
 
 from infra.db import Database, upsert
 from infra.eventstore.store import SqlEventStore, driver_cursor
@@ -244,9 +244,7 @@ class Projector:
 
     def lock(self, conn: Connection, name: str) -> int:
         """Take the projection's lock for this transaction and return its checkpoint."""
-        if self.db.is_postgres:
-            conn.execute(_locks(1), {"k0": lock_key(name)})
-        return self.checkpoint(name, conn)
+        return self._lock_all(conn, [name])[name]
 
     def save(self, conn: Connection, name: str, position: int) -> None:
         self._save_all(conn, {name: position})
@@ -278,13 +276,6 @@ _CHECKPOINTS = text("SELECT name, position FROM projection_checkpoints")
 _CHECKPOINTS_OF = text(
     "SELECT name, position FROM projection_checkpoints WHERE name IN :names"
 ).bindparams(bindparam("names", expanding=True))
-
-
-@lru_cache(maxsize=64)
-def _locks(count: int) -> TextClause:
-    """One statement taking ``count`` advisory locks, in the order of its parameters."""
-    calls = ", ".join(f"pg_advisory_xact_lock(:k{i})" for i in range(count))
-    return text(f"SELECT {calls}")
 
 
 #: What a projection may be called (its name is written into :func:`_lock_and_read`'s SQL).
