@@ -29,6 +29,10 @@ from services.messages import EventRegistry
 
 log = structlog.get_logger("concord")
 
+#: Seconds the worker's loop leaves an event to the commands that apply it to their inline
+#: projections before it applies it itself (see ``Projector.run_forever``).
+LEAVE_INLINE_S = 0.5
+
 
 @dataclass
 class System:
@@ -50,14 +54,16 @@ class System:
     def start_background(self, *, dispatch: bool = False) -> None:
         """Run projection catch-up (and the sequencer fallback) in a daemon thread; with
         ``dispatch``, also the relay that turns committed events into tasks."""
-        loops = [("concord-projector", self.projector)]
+        # The commands bring their inline projections up to date themselves; the loop takes
+        # over only what none of them has applied within a moment. The relays are the loop's.
+        loops = [("concord-projector", self.projector, LEAVE_INLINE_S)]
         if dispatch:
-            loops.append(("concord-dispatch", self.dispatcher))
-        for name, projector in loops:
+            loops.append(("concord-dispatch", self.dispatcher, 0.0))
+        for name, projector, leave_inline_s in loops:
             thread = threading.Thread(
                 target=projector.run_forever,
                 args=(self._stop,),
-                kwargs={"on_error": _report},
+                kwargs={"on_error": _report, "leave_inline_s": leave_inline_s},
                 name=name,
                 daemon=True,
             )

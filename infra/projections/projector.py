@@ -12,6 +12,7 @@ import re
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -70,7 +71,13 @@ class Projector:
 
     # -- catching up -----------------------------------------------------------------------
 
-    def catch_up(self, until: int | None = None, names: Sequence[str] | None = None) -> int:
+    def catch_up(
+        self,
+        until: int | None = None,
+        names: Sequence[str] | None = None,
+        *,
+        hold_after: int | None = None,
+    ) -> int:
         """Apply events to each projection until it reaches ``until`` (default: the head).
 
         Returns the number of events applied by this call. The projections move together:
@@ -81,6 +88,10 @@ class Projector:
         under many concurrent commands, one catch-up serves them all. Should the shared
         transaction fail, the projections are tried one at a time, so one broken projection
         cannot hold the others back.
+
+        With ``hold_after``, an inline projection stops short of the first event after that
+        position that it reads (the command that appended it applies it; see
+        :meth:`run_forever`); a call that moves no checkpoint returns.
         """
         wanted = self._behind(names, until)
         if not wanted:
@@ -90,7 +101,7 @@ class Projector:
             if not wanted:
                 return 0
             try:
-                return self._catch_up_together(wanted, until)
+                return self._catch_up_together(wanted, until, hold_after)
             except Exception:
                 if len(wanted) == 1:
                     raise
@@ -117,7 +128,9 @@ class Projector:
             return candidates
         return [n for n in candidates if self._known.get(n, 0) < until]
 
-    def _catch_up_together(self, names: list[str], until: int | None) -> int:
+    def _catch_up_together(
+        self, names: list[str], until: int | None, hold_after: int | None = None
+    ) -> int:
         applied = 0
         tables = {name: live_tables(self.projections[name]) for name in names}
         while True:
@@ -133,12 +146,18 @@ class Projector:
             if not page:
                 self._saw(checkpoints)
                 return applied
+            due = names
+            if hold_after is not None:  # lock only what has events to apply
+                due = [n for n in names if self._fresh(n, page, checkpoints[n], hold_after)]
+                if not due:
+                    self._saw(checkpoints)
+                    return applied  # what is left is held for the commands
             reached: dict[str, int] = {}
             with self.db.write() as conn:
-                current = self._lock_all(conn, names)
-                for name in names:
+                current = self._lock_all(conn, due)
+                for name in due:
                     self._observe(name, page, current[name])
-                    fresh = [e for e in page if (e.position or 0) > current[name]]
+                    fresh = self._fresh(name, page, current[name], hold_after)
                     reached[name] = current[name]
                     if fresh:
                         self.projections[name].apply(conn, tables[name], fresh)
@@ -147,8 +166,24 @@ class Projector:
                 self._save_all(conn, {n: p for n, p in reached.items() if p > current[n]})
             self._saw(reached)
             self._seen = max(self._seen, page[-1].position or 0)
-            if until is not None and min(reached.values()) >= until:
+            if until is not None and min({**checkpoints, **reached}.values()) >= until:
                 return applied
+            if hold_after is not None and reached == current:
+                return applied  # what is left is held for the commands
+
+    def _fresh(
+        self, name: str, page: list[RecordedEvent], checkpoint: int, hold_after: int | None
+    ) -> list[RecordedEvent]:
+        """The events of ``page`` that ``name`` has still to apply; with ``hold_after``, an
+        inline projection's stop short of the first event after it that it reads."""
+        fresh = [e for e in page if (e.position or 0) > checkpoint]
+        if hold_after is None or name not in self.inline:
+            return fresh
+        streams = getattr(self.projections[name], "streams", None)
+        for i, e in enumerate(fresh):
+            if (e.position or 0) > hold_after and (streams is None or e.stream_type in streams):
+                return fresh[:i]
+        return fresh
 
     def _catch_up_alone(self, name: str, until: int | None) -> int:
         applied = 0
@@ -256,13 +291,30 @@ class Projector:
         stop: threading.Event,
         *,
         idle_s: float = 0.1,
+        leave_inline_s: float = 0.0,
         on_error: Callable[[Exception], None] | None = None,
     ) -> None:
-        """Catch-up loop for a worker: sequence stragglers, apply new events, repeat."""
+        """Catch-up loop for a worker: sequence stragglers, apply new events, repeat.
+
+        With ``leave_inline_s``, the inline projections are left to the commands that wait
+        for them: the loop applies an event to them only once it has been in the log that
+        long (its command failed after the commit, or it was appended outside the API).
+        Applying them sooner only races those commands for the projections' locks, and the
+        commands then wait for the loop's page instead of their own events."""
+        heads: deque[tuple[float, int]] = deque()
+        settled = 0
         while not stop.is_set():
             try:
-                self.store.sequence_pending()
-                if self.catch_up() == 0:
+                head = self.store.sequence_pending()
+                hold_after = None
+                if leave_inline_s > 0:
+                    now = time.monotonic()
+                    heads.append((now, head))
+                    while heads and now - heads[0][0] >= leave_inline_s:
+                        settled = heads.popleft()[1]
+                    hold_after = settled
+                applied = self.catch_up(hold_after=hold_after)
+                if applied == 0:
                     stop.wait(idle_s)
             except Exception as exc:  # keep the loop alive; the error is reported
                 if on_error is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -127,6 +128,63 @@ def test_a_projection_whose_name_is_not_an_identifier_is_refused_before_any_sql(
             projector.catch_up()
     with system.db.read() as conn:
         assert conn.execute(text("SELECT count(*) FROM events")).scalar_one() == 1
+
+
+class Recording:
+    """A projection that remembers the positions it was given."""
+
+    tables = ()
+
+    def __init__(self, name: str, *, streams: set[str] | None = None, inline: bool = True):
+        self.name = name
+        self.inline = inline
+        if streams is not None:
+            self.streams = frozenset(streams)
+        self.seen: list[int | None] = []
+
+    def apply(self, conn: Connection, tables: Tables, events: Sequence[RecordedEvent]) -> None:
+        self.seen += [e.position for e in events]
+
+
+def eventually(check: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_the_worker_loop_leaves_a_command_the_events_it_applies_itself(system: System) -> None:
+    """A command brings its inline projections up to its own events before it answers; the
+    worker's loop takes such an event only once it has been in the log a while, so the two do
+    not queue on the projection's lock. Events the projection does not read, and projections
+    off the command path, move at once."""
+    rosters = Recording("rosters_test", streams={"consultation"})
+    catalog = Recording("catalog_test", inline=False)
+    loop = Projector(system.db, system.store, [rosters, catalog])
+
+    def one(stream_type: str) -> int:
+        result = system.store.append(uuid4(), stream_type, NO_STREAM, [NewEvent("x.y", {})])
+        assert result.position is not None
+        return result.position
+
+    p1, p2, p3 = one("organisation"), one("consultation"), one("organisation")
+    stop = threading.Event()
+    kwargs = {"idle_s": 0.01, "leave_inline_s": 3.0}
+    thread = threading.Thread(target=loop.run_forever, args=(stop,), kwargs=kwargs)
+    thread.start()
+    try:
+        eventually(lambda: loop.checkpoints()["catalog_test"] == p3)
+        assert catalog.seen == [p1, p2, p3]
+        assert loop.checkpoints()["rosters_test"] == p1, "held at the consultation's event"
+        assert rosters.seen == [p1]
+        eventually(lambda: loop.checkpoints()["rosters_test"] == p3)  # … but not forever
+        assert rosters.seen == [p1, p2, p3]
+        p4 = one("consultation")
+        loop.catch_up(until=p4, names=["rosters_test"])  # what a command does: at once
+        assert rosters.seen == [p1, p2, p3, p4]
+    finally:
+        stop.set()
+        thread.join(10)
 
 
 def test_wait_for_reports_a_position_that_never_arrives(system: System) -> None:
