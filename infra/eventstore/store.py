@@ -8,13 +8,15 @@ Appending
 Positions (PostgreSQL)
     An identity taken at INSERT time is not in commit order, so it cannot be the feed order:
     a reader that has passed id 7 would skip id 5 committing later. Instead, after each commit
-    the writer runs the *sequencer* (``concord_sequence_events()``, created by the first
-    migration): holding a brief advisory lock it numbers, in one UPDATE, every unnumbered event
-    whose transaction is below the horizon ``pg_snapshot_xmin(pg_current_snapshot())`` — i.e.
-    every event no older transaction can still precede — in (tx_id, id) order, continuing from
-    the highest position. Readers only see numbered events, so they never skip a late commit,
-    and positions are contiguous because only committed rows are numbered. A background loop
-    runs the same step as a fallback for writers that died between commit and sequencing.
+    the writer runs the *sequencer* (``concord_sequence_events()``, migrations 0001 and 0013):
+    holding a brief advisory lock it numbers, in one UPDATE, every unnumbered event whose
+    transaction is below the horizon — the oldest transaction still running that may insert
+    events (each append takes a shared lock saying so before it writes), i.e. every event no
+    older transaction can still precede — in (tx_id, id) order, continuing from the highest
+    position. A long transaction that writes no events (a projection's page, a reminder tick)
+    holds nobody's position back. Readers only see numbered events, so they never skip a late
+    commit, and positions are contiguous because only committed rows are numbered. A background
+    loop runs the same step as a fallback for writers that died between commit and sequencing.
 
 Positions (SQLite)
     One writer at a time, so commit order is insert order: the position is assigned in the
@@ -70,8 +72,12 @@ INSERT_COLUMNS = (
 # The events travel as ONE JSON array (orjson-encoded in C, parsed by the server in C):
 # psycopg's per-element escaping of six text arrays cost more than the statement itself.
 # Both CTEs are MATERIALIZED so the chain is computed once per append, not once per row.
+# ``writer`` marks the transaction as one that writes events before its first row goes in
+# (``concord_event_writer()``, migration 0013): the sequencer's horizon waits only for those.
 _PG_APPEND = """
-    WITH last AS (
+    WITH writer AS MATERIALIZED (
+        SELECT concord_event_writer()
+    ), last AS (
         SELECT version, chain_hash FROM events WHERE stream_id = %(stream_id)s
         ORDER BY version DESC LIMIT 1
     ), v AS MATERIALIZED (
@@ -87,7 +93,7 @@ _PG_APPEND = """
     SELECT (v.e->>'id')::uuid, %(stream_id)s, %(stream_type)s, cur.version + v.ord, v.e->>'t',
            (v.e->>'s')::smallint, v.e->'d', v.e->'m', %(recorded_at)s, v.e->>'h',
            cur.hashes[v.ord]
-    FROM v CROSS JOIN cur
+    FROM v CROSS JOIN cur CROSS JOIN writer
     WHERE %(expected)s::integer IS NULL OR cur.version = %(expected)s::integer
     RETURNING id, version, chain_hash
 """

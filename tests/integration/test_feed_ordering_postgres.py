@@ -198,3 +198,46 @@ def test_a_transaction_open_in_another_database_does_not_hold_positions_back(pg:
         result = impatient.append(uuid4(), "statement", NO_STREAM, [NewEvent("x", {})])
         assert result.position == 1
         foreign.rollback()
+
+
+def test_a_long_transaction_that_writes_no_events_holds_no_position_back(pg: System) -> None:
+    """A projection's page or a reminder tick writes for a while, but never an event: the
+    horizon waits only for transactions that may insert events (migration 0013)."""
+    with pg.db.engine.connect() as busy:
+        trans = busy.begin()
+        busy.execute(text("SELECT pg_current_xact_id()"))  # has an id, writes elsewhere
+        busy.execute(text("INSERT INTO projection_checkpoints VALUES ('busy', 0, now())"))
+        impatient = SqlEventStore(pg.db, sequence_timeout_s=0.5)
+        result = impatient.append(uuid4(), "statement", NO_STREAM, [NewEvent("x", {})])
+        assert result.position == 1
+        trans.rollback()
+
+
+def test_events_cannot_follow_another_write_unless_the_transaction_said_so_first(
+    pg: System,
+) -> None:
+    """A transaction that got its id unseen could insert events below a horizon the sequencer
+    has passed: the append refuses it. One that declares itself a writer first may write
+    other things before its events, and holds positions back until it ends."""
+    event = [NewEvent("late", {})]
+    with pg.db.engine.connect() as conn:
+        trans = conn.begin()
+        conn.execute(text("INSERT INTO projection_checkpoints VALUES ('first', 0, now())"))
+        with pytest.raises(Exception, match="events must be the first thing"):
+            pg.store.insert_postgres(
+                conn, uuid4(), "statement", NO_STREAM, event, {}, datetime.now(UTC)
+            )
+        trans.rollback()
+    with pg.db.engine.connect() as conn:
+        trans = conn.begin()
+        conn.execute(text("SELECT concord_event_writer()"))
+        conn.execute(text("INSERT INTO projection_checkpoints VALUES ('first', 0, now())"))
+        pg.store.insert_postgres(
+            conn, uuid4(), "statement", NO_STREAM, event, {}, datetime.now(UTC)
+        )
+        impatient = SqlEventStore(pg.db, sequence_timeout_s=0.3)
+        behind = impatient.append(uuid4(), "statement", NO_STREAM, [NewEvent("after", {})])
+        assert behind.position is None, "held back by the open writer"
+        trans.commit()
+    pg.store.sequence_pending()
+    assert [(e.type, e.position) for e in pg.store.read_all()] == [("late", 1), ("after", 2)]
