@@ -81,13 +81,13 @@ def test_absurd_numbers_are_client_errors(client: TestClient, keys: Keys) -> Non
 
 
 def test_a_command_whose_position_is_held_back_answers_202(pg_system: System) -> None:
-    """An older transaction still open in this database holds the horizon: the command is
-    committed, but its position is not known yet. The API says so instead of guessing."""
+    """An older transaction that may write events, still open, holds the horizon: the command
+    is committed, but its position is not known yet. The API says so instead of guessing."""
     pg_system.store.sequence_timeout_s = 0.3
     _, secret = pg_system.keys.create("organiser", "slow")
     with TestClient(create_app(pg_system)) as client, pg_system.db.engine.connect() as other:
         holder = other.begin()
-        other.execute(text("SELECT pg_current_xact_id()"))
+        other.execute(text("SELECT concord_event_writer(), pg_current_xact_id()"))
         response = client.post(
             "/v1/organisations", json=HRWG, headers={"Authorization": f"Bearer {secret}"}
         )
