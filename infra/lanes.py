@@ -164,6 +164,18 @@ class Lanes:
             cached, _ = self._cached(stream_id, decider, epoch)
             return self._caught_up(decider, stream_id, cached, epoch)
 
+    def kept_since(
+        self, decider: Decider[Any, Any], stream_id: UUID, at_least: int
+    ) -> Snapshot[Any] | None:
+        """What this process keeps of the stream, if it is at version ``at_least`` or later:
+        the answer to a command just run here (as of that command, or later), without reading
+        the stream again. A read that must show the committed head calls :meth:`load`."""
+        with self._lock:
+            entry = self._cache.get(stream_id)
+            if entry is None or entry.snapshot.stream_type != decider.stream_type:
+                return None
+            return entry.snapshot if entry.snapshot.version >= at_least else None
+
     def _caught_up(
         self,
         decider: Decider[Any, Any],

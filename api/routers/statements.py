@@ -30,6 +30,7 @@ from api.threads import in_thread
 from infra.bootstrap import System
 from infra.documents.storage import MEDIA_TYPES, open_file
 from infra.eventstore.verify import verify_stream
+from services.bus import Outcome
 from services.messages import Personal
 from services.people import person_id
 from services.registry import EVENTS
@@ -128,13 +129,20 @@ class Folded(NamedTuple):
 
 
 async def _fold(
-    system: System, statement_id: UUID, position: int | None = None, when: datetime | None = None
+    system: System,
+    statement_id: UUID,
+    position: int | None = None,
+    when: datetime | None = None,
+    *,
+    at_least: int | None = None,
 ) -> Folded:
-    """The statement now (folded once and kept by the process's lanes) or as it stood then."""
+    """The statement now (folded once and kept by the process's lanes) or as it stood then;
+    with ``at_least``, any kept state at that version or later will do."""
 
     def fold() -> Folded:
         if position is None and when is None:
-            snap = system.lanes.load(STATEMENT, statement_id)
+            kept = system.lanes.kept_since(STATEMENT, statement_id, at_least) if at_least else None
+            snap = kept or system.lanes.load(STATEMENT, statement_id)
             return Folded(snap.state, snap.version, snap.recorded_at, snap.memo)
         records = system.store.read_stream(statement_id, until_position=position, until_time=when)
         state = STATEMENT.fold(EVENTS.decode_known(records))
@@ -389,12 +397,14 @@ async def _command(
     principal: Principal,
     statement_id: UUID,
     cmd: Any,
-) -> Any:
+) -> Outcome:
     return await run(system, request, response, principal, STATEMENT, statement_id, cmd)
 
 
-async def _answer(system: System, statement_id: UUID, response: Response) -> dict[str, Any]:
-    folded = await _fold(system, statement_id)
+async def _answer(system: System, done: Outcome, response: Response) -> dict[str, Any]:
+    """The statement as the command ``done`` left it (or later): what this process kept of it
+    after running the command, without reading the stream again."""
+    folded = await _fold(system, done.stream_id, at_least=done.version)
     etag(response, folded.version)
     return document(folded, system.settings.public_url)
 
@@ -413,7 +423,7 @@ async def start_drafting(
     for org in body.drafting_committee:
         await load_organisation(system, org)
     statement_id = new_id(request)
-    await _command(
+    done = await _command(
         system,
         request,
         response,
@@ -430,7 +440,7 @@ async def start_drafting(
         ),
     )
     response.headers["Location"] = f"/v1/statements/{statement_id}"
-    return await _answer(system, statement_id, response)
+    return await _answer(system, done, response)
 
 
 @router.post("/v1/statements/{statement_id}/recommendations", status_code=201, responses=ERRORS)
@@ -444,7 +454,7 @@ async def add_recommendation(
 ) -> dict[str, Any]:
     """Add a recommendation to the section of its thematic area."""
     rid = new_id(request)
-    await _command(
+    done = await _command(
         system,
         request,
         response,
@@ -454,7 +464,7 @@ async def add_recommendation(
             statement_id, rid, body.thematic_area, body.text, tuple(body.addressed_to)
         ),
     )
-    return await _answer(system, statement_id, response)
+    return await _answer(system, done, response)
 
 
 @router.patch("/v1/statements/{statement_id}/recommendations/{recommendation_id}", responses=ERRORS)
@@ -468,7 +478,7 @@ async def revise_recommendation(
     principal: Member,
 ) -> dict[str, Any]:
     """Revise a recommendation while drafting."""
-    await _command(
+    done = await _command(
         system,
         request,
         response,
@@ -481,7 +491,7 @@ async def revise_recommendation(
             tuple(body.addressed_to) if body.addressed_to is not None else None,
         ),
     )
-    return await _answer(system, statement_id, response)
+    return await _answer(system, done, response)
 
 
 @router.delete(
@@ -497,7 +507,7 @@ async def withdraw_recommendation(
     body: Withdrawal | None = None,
 ) -> dict[str, Any]:
     """Withdraw a recommendation (it stays in the history)."""
-    await _command(
+    done = await _command(
         system,
         request,
         response,
@@ -505,7 +515,7 @@ async def withdraw_recommendation(
         statement_id,
         s.WithdrawRecommendation(statement_id, recommendation_id, body.reason if body else None),
     )
-    return await _answer(system, statement_id, response)
+    return await _answer(system, done, response)
 
 
 @router.post("/v1/statements/{statement_id}/amendments", status_code=201, responses=ERRORS)
@@ -537,7 +547,7 @@ async def propose_amendment(
     ensure_acts_for(principal, organisation_id)
     await load_organisation(system, organisation_id)
     aid = new_id(request)
-    await _command(
+    done = await _command(
         system,
         request,
         response,
@@ -548,7 +558,7 @@ async def propose_amendment(
         ),
     )
     response.headers["Location"] = f"/v1/statements/{statement_id}/amendments/{aid}"
-    return {**await _answer(system, statement_id, response), "amendment_id": str(aid)}
+    return {**await _answer(system, done, response), "amendment_id": str(aid)}
 
 
 @router.post("/v1/statements/{statement_id}/amendments/{amendment_id}/accept", responses=ERRORS)
@@ -561,7 +571,7 @@ async def accept_amendment(
     principal: Member,
 ) -> dict[str, Any]:
     """Accept an amendment: its text becomes the recommendation's."""
-    await _command(
+    done = await _command(
         system,
         request,
         response,
@@ -569,7 +579,7 @@ async def accept_amendment(
         statement_id,
         s.AcceptAmendment(statement_id, amendment_id),
     )
-    return await _answer(system, statement_id, response)
+    return await _answer(system, done, response)
 
 
 @router.post("/v1/statements/{statement_id}/amendments/{amendment_id}/reject", responses=ERRORS)
@@ -583,7 +593,7 @@ async def reject_amendment(
     principal: Member,
 ) -> dict[str, Any]:
     """Reject an amendment, with the reason."""
-    await _command(
+    done = await _command(
         system,
         request,
         response,
@@ -591,7 +601,7 @@ async def reject_amendment(
         statement_id,
         s.RejectAmendment(statement_id, amendment_id, body.reason),
     )
-    return await _answer(system, statement_id, response)
+    return await _answer(system, done, response)
 
 
 @router.post("/v1/statements/{statement_id}/finalise", responses=ERRORS)
@@ -606,7 +616,7 @@ async def finalise(
     """Freeze the text (its content hash) and open it for endorsement until the deadline."""
     state = (await _fold(system, statement_id)).state
     consultation = await load_doc(system, state.consultation_id)  # type: ignore[arg-type]
-    await _command(
+    done = await _command(
         system,
         request,
         response,
@@ -616,7 +626,7 @@ async def finalise(
             statement_id, body.endorsement_deadline.astimezone(UTC), consultation["timezone"]
         ),
     )
-    return await _answer(system, statement_id, response)
+    return await _answer(system, done, response)
 
 
 @router.post("/v1/statements/{statement_id}/reopen", responses=ERRORS)
@@ -629,7 +639,7 @@ async def reopen(
     principal: Member,
 ) -> dict[str, Any]:
     """Reopen for drafting: every endorsement so far is voided."""
-    await _command(
+    done = await _command(
         system,
         request,
         response,
@@ -637,7 +647,7 @@ async def reopen(
         statement_id,
         s.ReopenStatement(statement_id, body.reason),
     )
-    return await _answer(system, statement_id, response)
+    return await _answer(system, done, response)
 
 
 @router.post("/v1/statements/{statement_id}/close-endorsements", responses=ERRORS)
@@ -649,10 +659,10 @@ async def close_endorsements(
     principal: Member,
 ) -> dict[str, Any]:
     """Close endorsements: the list of signatories is final."""
-    await _command(
+    done = await _command(
         system, request, response, principal, statement_id, s.CloseEndorsements(statement_id)
     )
-    return await _answer(system, statement_id, response)
+    return await _answer(system, done, response)
 
 
 @router.post("/v1/statements/{statement_id}/publish", status_code=202, responses=ERRORS)
@@ -815,7 +825,7 @@ async def withdraw_endorsement(
 ) -> dict[str, Any]:
     """Withdraw an organisation's endorsement (it stays in the history)."""
     ensure_acts_for(principal, organisation_id)
-    await _command(
+    done = await _command(
         system,
         request,
         response,
@@ -823,4 +833,4 @@ async def withdraw_endorsement(
         statement_id,
         s.WithdrawEndorsement(statement_id, organisation_id, body.reason if body else None),
     )
-    return await _answer(system, statement_id, response)
+    return await _answer(system, done, response)

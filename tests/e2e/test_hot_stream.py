@@ -255,3 +255,37 @@ def test_concurrent_readers_of_a_stale_fold_catch_it_up_once(
     loaded = run_all([lambda: lanes.load(STATEMENT, sid)] * 8)
     assert {s.version for s in loaded} == {kept + 300}  # type: ignore[union-attr]
     assert bus.folded == kept + 300, "each event folded once, by the first reader"
+
+
+def test_a_command_answers_with_the_state_it_left_without_reading_the_stream_again(
+    client: TestClient, keys: Keys, system: System, monkeypatch: Any
+) -> None:
+    """The statement a command answers with is what the process kept after running it: the
+    command's own catch-up is the only read of the stream (it was two, one of them under the
+    stream's fold lock, which every answer on a hot statement queued for)."""
+    drafted = draft(client, keys)
+    url = f"/v1/statements/{drafted['sid']}"
+    organiser = drafted["organiser"]
+    before = client.get(url, headers=organiser).json()
+    reads: list[UUID] = []
+    real = system.store.read_stream
+
+    def counted(stream_id: UUID, **kwargs: Any) -> Any:
+        reads.append(stream_id)
+        return real(stream_id, **kwargs)
+
+    monkeypatch.setattr(system.store, "read_stream", counted)
+    area = before["sections"][0]["thematic_area"]
+    r = client.post(
+        f"{url}/recommendations",
+        headers=organiser,
+        json={"thematic_area": area, "text": "One more.", "addressed_to": []},
+    )
+    assert r.status_code == 201, r.text
+    answer = r.json()
+    assert answer["version"] == before["version"] + 1
+    assert r.headers["ETag"] == f'"{answer["version"]}"'
+    texts = [x["text"] for s in answer["sections"] for x in s["recommendations"]]
+    assert "One more." in texts
+    assert len(reads) <= 1
+    assert client.get(url, headers=organiser).json() == answer, "a later read shows the same"
