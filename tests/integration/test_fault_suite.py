@@ -86,6 +86,9 @@ pytestmark = [
 HISTORY_S = 25.0
 #: The sequencer's advisory lock (migrations/versions/0001_event_store.py).
 SEQUENCER_LOCK = 0x434F_4E43_4F52
+#: Every append holds it shared (migration 0013): held exclusively, it stops appends before
+#: they write a row, and nothing else (the sequencer and the projections carry on).
+WRITER_LOCK = 0x434F_4E43_5752
 CLIENTS = 4
 #: A message or webhook body may have been rendered just before an erasure was acknowledged
 #: and arrive just after it; anything arriving later than this must not name the person.
@@ -279,8 +282,9 @@ def cut_api(
     cluster: Cluster, i: int, system: System, world: World, tally: Tally, *, committed: bool
 ) -> threading.Thread:
     """kill -9 of API process ``i`` while it is in the middle of a registration: blocked in
-    its append (``committed=False``: our lock holds the events table), or with the append
-    committed and its position not yet known (``committed=True``: we hold the sequencer).
+    its append (``committed=False``: we hold the writers' lock, so appends wait before they
+    write a row while sequencing carries on), or with the append committed and its position
+    not yet known (``committed=True``: we hold the sequencer).
     The client then retries the command with its key on the other process, in a thread."""
     op, remember = registration(world)
     op.cut = "after its commit" if committed else "before its commit"
@@ -300,7 +304,7 @@ def cut_api(
         if committed:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SEQUENCER_LOCK,))
         else:
-            conn.execute("LOCK TABLE events IN SHARE MODE")
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
         attempt.start()
         deadline = time.monotonic() + 30
         while not reached(conn, op, i, committed):
