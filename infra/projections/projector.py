@@ -174,8 +174,8 @@ class Projector:
     def _fresh(
         self, name: str, page: list[RecordedEvent], checkpoint: int, hold_after: int | None
     ) -> list[RecordedEvent]:
-        """The events of ``page`` that ``name`` has still to apply; with ``hold_after``, an
-        inline projection's stop short of the first event after it that it reads."""
+        """The events of ``page`` that ``name`` has still to apply; with ``hold_after``, those
+        of an inline projection stop short of the first event after it that it reads."""
         fresh = [e for e in page if (e.position or 0) > checkpoint]
         if hold_after is None or name not in self.inline:
             return fresh
