@@ -167,14 +167,19 @@ class Lanes:
     def kept_since(
         self, decider: Decider[Any, Any], stream_id: UUID, at_least: int
     ) -> Snapshot[Any] | None:
-        """What this process keeps of the stream, if it is at version ``at_least`` or later:
-        the answer to a command just run here (as of that command, or later), without reading
-        the stream again. A read that must show the committed head calls :meth:`load`."""
+        """What this process keeps of the stream, if it is at version ``at_least`` or later
+        and no one has been erased since it was kept: the answer to a command just run here
+        (as of that command, or later), without reading the stream again or waiting for its
+        fold lock. A read that must show the committed head calls :meth:`load`."""
+        epoch = self._epoch()
         with self._lock:
             entry = self._cache.get(stream_id)
-            if entry is None or entry.snapshot.stream_type != decider.stream_type:
+            if entry is None or entry.epoch != epoch:
                 return None
-            return entry.snapshot if entry.snapshot.version >= at_least else None
+            snapshot = entry.snapshot
+            if snapshot.stream_type != decider.stream_type or snapshot.version < at_least:
+                return None
+            return snapshot
 
     def _caught_up(
         self,

@@ -289,3 +289,19 @@ def test_a_command_answers_with_the_state_it_left_without_reading_the_stream_aga
     assert "One more." in texts
     assert len(reads) <= 1
     assert client.get(url, headers=organiser).json() == answer, "a later read shows the same"
+
+
+def test_what_a_process_kept_answers_no_command_once_someone_was_erased(
+    client: TestClient, keys: Keys, system: System
+) -> None:
+    """A kept fold may hold a name opened before an erasure: it answers a command only while
+    no key has been deleted since it was kept (else the answer is folded again)."""
+    sid = finalised(client, keys)
+    org = uuid4()
+    results, _ = system.bus.handle_batch(STATEMENT, sid, [endorsement(sid, 1, org)])
+    assert not [r for r in results if isinstance(r, Exception)]
+    kept = system.lanes.load(STATEMENT, sid)
+    assert system.lanes.kept_since(STATEMENT, sid, kept.version) is kept
+    assert system.lanes.kept_since(STATEMENT, sid, kept.version + 1) is None, "not that far"
+    assert system.store.forget(person_id(f"{org}/Signatory 1"))
+    assert system.lanes.kept_since(STATEMENT, sid, kept.version) is None
