@@ -150,8 +150,13 @@ class Lanes:
 
     # -- folded streams --------------------------------------------------------------------
 
-    def load(self, decider: Decider[Any, Any], stream_id: UUID) -> Snapshot[Any]:
-        """The stream folded up to its committed head (from the cache, caught up).
+    def load(
+        self, decider: Decider[Any, Any], stream_id: UUID, *, at_least: int | None = None
+    ) -> Snapshot[Any]:
+        """The stream folded up to its committed head (from the cache, caught up); with
+        ``at_least``, what this process keeps will do if it is at that version or later (the
+        answer to a command just run here, as of that command or later): no stream read, no
+        wait for the fold lock. Either way nothing kept from before an erasure is used.
 
         Readers of a stream catch it up one at a time, each from what the one before it kept:
         a long stream, or a long run of events another process appended since this one kept
@@ -160,26 +165,13 @@ class Lanes:
         then read only what was appended meanwhile.
         """
         epoch = self._epoch()  # outside the lock: one round trip fewer while others wait
+        if at_least is not None:
+            cached, _ = self._cached(stream_id, decider, epoch)
+            if cached is not None and cached.version >= at_least:
+                return cached
         with self._folding[hash(stream_id) % FOLD_STRIPES]:
             cached, _ = self._cached(stream_id, decider, epoch)
             return self._caught_up(decider, stream_id, cached, epoch)
-
-    def kept_since(
-        self, decider: Decider[Any, Any], stream_id: UUID, at_least: int
-    ) -> Snapshot[Any] | None:
-        """What this process keeps of the stream, if it is at version ``at_least`` or later
-        and no one has been erased since it was kept: the answer to a command just run here
-        (as of that command, or later), without reading the stream again or waiting for its
-        fold lock. A read that must show the committed head calls :meth:`load`."""
-        epoch = self._epoch()
-        with self._lock:
-            entry = self._cache.get(stream_id)
-            if entry is None or entry.epoch != epoch:
-                return None
-            snapshot = entry.snapshot
-            if snapshot.stream_type != decider.stream_type or snapshot.version < at_least:
-                return None
-            return snapshot
 
     def _caught_up(
         self,

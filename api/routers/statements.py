@@ -141,8 +141,7 @@ async def _fold(
 
     def fold() -> Folded:
         if position is None and when is None:
-            kept = system.lanes.kept_since(STATEMENT, statement_id, at_least) if at_least else None
-            snap = kept or system.lanes.load(STATEMENT, statement_id)
+            snap = system.lanes.load(STATEMENT, statement_id, at_least=at_least)
             return Folded(snap.state, snap.version, snap.recorded_at, snap.memo)
         records = system.store.read_stream(statement_id, until_position=position, until_time=when)
         state = STATEMENT.fold(EVENTS.decode_known(records))

@@ -292,7 +292,7 @@ def test_a_command_answers_with_the_state_it_left_without_reading_the_stream_aga
 
 
 def test_what_a_process_kept_answers_no_command_once_someone_was_erased(
-    client: TestClient, keys: Keys, system: System
+    client: TestClient, keys: Keys, system: System, monkeypatch: Any
 ) -> None:
     """A kept fold may hold a name opened before an erasure: it answers a command only while
     no key has been deleted since it was kept (else the answer is folded again)."""
@@ -301,7 +301,19 @@ def test_what_a_process_kept_answers_no_command_once_someone_was_erased(
     results, _ = system.bus.handle_batch(STATEMENT, sid, [endorsement(sid, 1, org)])
     assert not [r for r in results if isinstance(r, Exception)]
     kept = system.lanes.load(STATEMENT, sid)
-    assert system.lanes.kept_since(STATEMENT, sid, kept.version) is kept
-    assert system.lanes.kept_since(STATEMENT, sid, kept.version + 1) is None, "not that far"
+    reads: list[UUID] = []
+    real = system.store.read_stream
+
+    def counted(stream_id: UUID, **kwargs: Any) -> Any:
+        reads.append(stream_id)
+        return real(stream_id, **kwargs)
+
+    monkeypatch.setattr(system.store, "read_stream", counted)
+    assert system.lanes.load(STATEMENT, sid, at_least=kept.version) is kept
+    assert reads == []
+    system.lanes.load(STATEMENT, sid, at_least=kept.version + 1)
+    assert reads == [sid], "not that far: caught up"
     assert system.store.forget(person_id(f"{org}/Signatory 1"))
-    assert system.lanes.kept_since(STATEMENT, sid, kept.version) is None
+    again = system.lanes.load(STATEMENT, sid, at_least=kept.version)
+    assert again is not kept, "folded again"
+    assert again.version == kept.version
