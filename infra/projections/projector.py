@@ -264,12 +264,8 @@ class Projector:
 
     # -- checkpoints -----------------------------------------------------------------------
 
-    def checkpoint(self, name: str, conn: Connection | None = None) -> int:
-        sql = _CHECKPOINT
-        if conn is not None:
-            return int(conn.execute(sql, {"name": name}).scalar() or 0)
-        with self.db.read() as c:
-            return int(c.execute(sql, {"name": name}).scalar() or 0)
+    def checkpoint(self, name: str) -> int:
+        return self.checkpoints([name])[name]
 
     def checkpoints(self, names: Sequence[str] | None = None) -> dict[str, int]:
         wanted = list(names or self.projections)
@@ -323,7 +319,6 @@ class Projector:
                 stop.wait(1.0)
 
 
-_CHECKPOINT = text("SELECT position FROM projection_checkpoints WHERE name = :name")
 _CHECKPOINTS = text("SELECT name, position FROM projection_checkpoints")
 _CHECKPOINTS_OF = text(
     "SELECT name, position FROM projection_checkpoints WHERE name IN :names"
