@@ -257,6 +257,19 @@ def test_concurrent_readers_of_a_stale_fold_catch_it_up_once(
     assert bus.folded == kept + 300, "each event folded once, by the first reader"
 
 
+def count_reads(system: System, monkeypatch: Any) -> list[UUID]:
+    """The streams read from now on, one entry per ``read_stream`` call."""
+    reads: list[UUID] = []
+    real = system.store.read_stream
+
+    def counted(stream_id: UUID, **kwargs: Any) -> Any:
+        reads.append(stream_id)
+        return real(stream_id, **kwargs)
+
+    monkeypatch.setattr(system.store, "read_stream", counted)
+    return reads
+
+
 def test_a_command_answers_with_the_state_it_left_without_reading_the_stream_again(
     client: TestClient, keys: Keys, system: System, monkeypatch: Any
 ) -> None:
@@ -267,14 +280,7 @@ def test_a_command_answers_with_the_state_it_left_without_reading_the_stream_aga
     url = f"/v1/statements/{drafted['sid']}"
     organiser = drafted["organiser"]
     before = client.get(url, headers=organiser).json()
-    reads: list[UUID] = []
-    real = system.store.read_stream
-
-    def counted(stream_id: UUID, **kwargs: Any) -> Any:
-        reads.append(stream_id)
-        return real(stream_id, **kwargs)
-
-    monkeypatch.setattr(system.store, "read_stream", counted)
+    reads = count_reads(system, monkeypatch)
     area = before["sections"][0]["thematic_area"]
     r = client.post(
         f"{url}/recommendations",
@@ -301,14 +307,7 @@ def test_what_a_process_kept_answers_no_command_once_someone_was_erased(
     results, _ = system.bus.handle_batch(STATEMENT, sid, [endorsement(sid, 1, org)])
     assert not [r for r in results if isinstance(r, Exception)]
     kept = system.lanes.load(STATEMENT, sid)
-    reads: list[UUID] = []
-    real = system.store.read_stream
-
-    def counted(stream_id: UUID, **kwargs: Any) -> Any:
-        reads.append(stream_id)
-        return real(stream_id, **kwargs)
-
-    monkeypatch.setattr(system.store, "read_stream", counted)
+    reads = count_reads(system, monkeypatch)
     assert system.lanes.load(STATEMENT, sid, at_least=kept.version) is kept
     assert reads == []
     system.lanes.load(STATEMENT, sid, at_least=kept.version + 1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,7 @@ from infra.schema import metadata
 from services.ports import NO_STREAM, NewEvent, RecordedEvent
 from tests.e2e.conftest import Keys
 from tests.integration.test_reminders import open_registration, org, plan, register
+from tests.integration.test_webhook_worker import wait_until
 
 
 def write(system: System, streams: int, events_each: int) -> None:
@@ -146,13 +146,6 @@ class Recording:
         self.seen += [e.position for e in events]
 
 
-def eventually(check: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_the_worker_loop_leaves_a_command_the_events_it_applies_itself(system: System) -> None:
     """A command brings its inline projections up to its own events before it answers; the
     worker's loop takes such an event only once it has been in the log a while, so the two do
@@ -173,11 +166,11 @@ def test_the_worker_loop_leaves_a_command_the_events_it_applies_itself(system: S
     thread = threading.Thread(target=loop.run_forever, args=(stop,), kwargs=kwargs)
     thread.start()
     try:
-        eventually(lambda: loop.checkpoints()["catalog_test"] == p3)
+        wait_until(lambda: loop.checkpoints()["catalog_test"] == p3, 10, "catalog at the head")
         assert catalog.seen == [p1, p2, p3]
         assert loop.checkpoints()["rosters_test"] == p1, "held at the consultation's event"
         assert rosters.seen == [p1]
-        eventually(lambda: loop.checkpoints()["rosters_test"] == p3)  # … but not forever
+        wait_until(lambda: loop.checkpoints()["rosters_test"] == p3, 10, "… but not forever")
         assert rosters.seen == [p1, p2, p3]
         p4 = one("consultation")
         loop.catch_up(until=p4, names=["rosters_test"])  # what a command does: at once
