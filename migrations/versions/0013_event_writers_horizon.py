@@ -41,8 +41,13 @@ _CLASSID, _OBJID = WRITER_LOCK >> 32, WRITER_LOCK & 0xFFFF_FFFF
 #: The sequencer's own lock (migration 0001).
 SEQUENCER_LOCK = 0x434F_4E43_4F52
 
-_HOLDING = f"""locktype = 'advisory' AND classid = {_CLASSID} AND objid = {_OBJID}
-           AND objsubid = 1"""
+
+def _writer_lock(of: str = "") -> str:
+    """The pg_locks condition naming the writer lock in this database (columns of ``of``)."""
+    return f"""{of}locktype = 'advisory' AND {of}classid = {_CLASSID} AND {of}objid = {_OBJID}
+           AND {of}objsubid = 1
+           AND {of}database = (SELECT oid FROM pg_database WHERE datname = current_database())"""
+
 
 WRITER = f"""
 CREATE OR REPLACE FUNCTION concord_event_writer() RETURNS void
@@ -51,9 +56,7 @@ BEGIN
     -- A transaction must hold the lock before it has an id (before its first write): one that
     -- got its id unseen could insert events below a horizon the sequencer has already passed.
     IF pg_current_xact_id_if_assigned() IS NOT NULL AND NOT EXISTS (
-        SELECT 1 FROM pg_locks
-         WHERE {_HOLDING} AND pid = pg_backend_pid()
-           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        SELECT 1 FROM pg_locks WHERE {_writer_lock()} AND pid = pg_backend_pid()
     ) THEN
         RAISE EXCEPTION 'events must be the first thing a transaction writes'
             USING HINT = 'call concord_event_writer() before the transaction''s first write';
@@ -141,8 +144,7 @@ $$;
 SEQUENCER = _sequencer(
     f"""FROM pg_locks l
       JOIN pg_stat_activity a ON a.pid = l.pid
-     WHERE l.{_HOLDING.replace("AND ", "AND l.")}
-       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+     WHERE {_writer_lock("l.")}
        AND a.backend_xid IS NOT NULL;"""
 )
 
