@@ -32,10 +32,11 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID
 
+from infra.freshness import Mark
 from services.bus import CommandBus, Job, Outcome, Snapshot
 from services.decider import Decider
 
@@ -65,6 +66,9 @@ class _Cached:
     snapshot: Snapshot[Any]
     #: The erasure counter read before any of the snapshot's personal data was opened.
     epoch: int
+    #: A head of the log up to which the snapshot holds every event of its stream (0: none
+    #: known): while the head has not moved past it, the stream has nothing new to read.
+    checked: int = 0
 
 
 class Lanes:
@@ -151,7 +155,12 @@ class Lanes:
     # -- folded streams --------------------------------------------------------------------
 
     def load(
-        self, decider: Decider[Any, Any], stream_id: UUID, *, at_least: int | None = None
+        self,
+        decider: Decider[Any, Any],
+        stream_id: UUID,
+        *,
+        at_least: int | None = None,
+        seen: Mark | None = None,
     ) -> Snapshot[Any]:
         """The stream folded up to its committed head (from the cache, caught up); with
         ``at_least``, what this process keeps will do if it is at that version or later (the
@@ -163,26 +172,28 @@ class Lanes:
         it, is folded once, not once per concurrent reader (eight first readers of a
         10,000-endorsement statement had folded it four times over per process). The others
         then read only what was appended meanwhile.
+
+        With ``seen`` (the log's head and the erasure counter, read after the caller's request
+        arrived: api/freshness.py), the counter is not read again, and a kept snapshot known
+        to hold its stream up to that head answers without reading the stream; one caught up
+        here is known to from then on.
         """
-        epoch = self._epoch()  # outside the lock: one round trip fewer while others wait
-        if at_least is not None:
-            cached, _ = self._cached(stream_id, decider, epoch)
-            if cached is not None and cached.version >= at_least:
-                return cached
+        # Outside the lock: one round trip fewer while others wait.
+        epoch = seen.epoch if seen is not None else self._epoch()
+        if at_least is not None or seen is not None:
+            with self._lock:
+                entry = self._entry(stream_id, decider, epoch)
+            if entry is not None and (
+                (at_least is not None and entry.snapshot.version >= at_least)
+                or (seen is not None and entry.checked >= seen.head)
+            ):
+                return entry.snapshot
         with self._folding[hash(stream_id) % FOLD_STRIPES]:
             cached, _ = self._cached(stream_id, decider, epoch)
-            return self._caught_up(decider, stream_id, cached, epoch)
-
-    def _caught_up(
-        self,
-        decider: Decider[Any, Any],
-        stream_id: UUID,
-        cached: Snapshot[Any] | None,
-        epoch: int,
-    ) -> Snapshot[Any]:
-        snapshot = self.bus.catch_up(decider, stream_id, cached)
-        self._keep(snapshot, epoch)
-        return snapshot
+            snapshot = self.bus.catch_up(decider, stream_id, cached)
+            # Read after ``seen``: every event numbered up to its head is in the snapshot.
+            self._keep(snapshot, epoch, seen.head if seen is not None else 0)
+            return snapshot
 
     def _cached(
         self, stream_id: UUID, decider: Decider[Any, Any], epoch: int | None = None
@@ -191,25 +202,35 @@ class Lanes:
         if epoch is None:
             epoch = self._epoch()
         with self._lock:
-            entry = self._cache.get(stream_id)
-            if entry is None:
-                return None, epoch
-            if entry.epoch != epoch or entry.snapshot.stream_type != decider.stream_type:
-                self._forget(stream_id)
-                return None, epoch
-            self._cache.move_to_end(stream_id)
-            return entry.snapshot, epoch
+            entry = self._entry(stream_id, decider, epoch)
+            return (entry.snapshot if entry is not None else None), epoch
 
-    def _keep(self, snapshot: Snapshot[Any], epoch: int) -> None:
+    def _entry(self, stream_id: UUID, decider: Decider[Any, Any], epoch: int) -> _Cached | None:
+        """The kept entry if it is of ``epoch`` (the caller holds the lock)."""
+        entry = self._cache.get(stream_id)
+        if entry is None:
+            return None
+        if entry.epoch != epoch or entry.snapshot.stream_type != decider.stream_type:
+            self._forget(stream_id)
+            return None
+        self._cache.move_to_end(stream_id)
+        return entry
+
+    def _keep(self, snapshot: Snapshot[Any], epoch: int, checked: int = 0) -> None:
+        """Keep ``snapshot`` unless a later one is kept; either way the kept one is known to
+        hold its stream up to the higher of the two heads (the later holds the earlier)."""
         if snapshot.version == 0:
             return
         with self._lock:
             entry = self._cache.get(snapshot.stream_id)
-            current = entry is not None and entry.epoch == epoch
-            if current and entry.snapshot.version >= snapshot.version:  # type: ignore[union-attr]
-                return
+            if entry is not None and entry.epoch == epoch:
+                checked = max(checked, entry.checked)
+                if entry.snapshot.version >= snapshot.version:
+                    if checked > entry.checked:
+                        self._cache[snapshot.stream_id] = replace(entry, checked=checked)
+                    return
             self._forget(snapshot.stream_id)
-            self._cache[snapshot.stream_id] = _Cached(snapshot, epoch)
+            self._cache[snapshot.stream_id] = _Cached(snapshot, epoch, checked)
             self._weight += snapshot.version
             while len(self._cache) > 1 and (
                 len(self._cache) > self.cache_size or self._weight > self.cache_events

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Annotated, Any, Literal
@@ -24,12 +25,19 @@ from api.deps import (
     ensure_acts_for,
 )
 from api.fields import Country, Text, TimeZone
+from api.freshness import View, kept_of
 from api.problems import ProblemError
 from api.responses import tagged
 from api.schemas import Problem
 from api.threads import in_thread
 from infra.bootstrap import System
-from infra.projections.consultations import consultations, document, registrations
+from infra.freshness import checkpoint_of, with_checkpoint
+from infra.projections.consultations import (
+    ConsultationViews,
+    consultations,
+    document,
+    registrations,
+)
 from infra.projections.organisations import organisations
 from infra.projections.series import series as series_table
 from services.consultations import commands as c
@@ -39,6 +47,9 @@ from services.series.commands import JoinSeries
 from services.series.model import SERIES
 
 router = APIRouter(prefix="/v1/consultations", tags=["consultations"])
+
+#: The projection a consultation's document is read from.
+CONSULTATIONS = ConsultationViews.name
 
 Status = Literal["planned", "registration_open", "registration_closed", "cancelled", "completed"]
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -205,31 +216,52 @@ def utc(value: datetime) -> datetime:
 
 def localise(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
     """Times in the consultation's own zone (RFC 3339 with its offset) and the live status."""
-    zone = ZoneInfo(doc["timezone"])
+    return Shown.of(doc).at(now)
 
-    def local(value: str | None) -> str | None:
-        return datetime.fromisoformat(value).astimezone(zone).isoformat() if value else None
 
-    out = {**doc, "starts_at": local(doc["starts_at"]), "ends_at": local(doc["ends_at"])}
-    out["registration"] = {
-        **doc["registration"],
-        "closes_at": local(doc["registration"]["closes_at"]),
-    }
-    out["agenda"] = [
-        {**s, "starts_at": local(s["starts_at"]), "ends_at": local(s["ends_at"])}
-        for s in doc["agenda"]
-    ]
-    closes = doc["registration"]["closes_at"]
-    probe = Consultation(
-        consultation_id=UUID(doc["id"]),
-        registration_opened=doc["registration"]["opened"],
-        registration_closes_at=datetime.fromisoformat(closes) if closes else None,
-        registration_closed=doc["registration"]["closed"],
-        cancelled=doc["cancelled"],
-        completed=doc["completed"],
-    )
-    out["status"] = status_at(probe, now)
-    return out
+@dataclass(frozen=True)
+class Shown:
+    """A consultation's document as shown, but for its status (which moves with the clock)."""
+
+    #: In the consultation's own zone, without ``status``.
+    doc: dict[str, Any]
+    #: What the status is worked out from.
+    probe: Consultation
+
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> Shown:
+        zone = ZoneInfo(doc["timezone"])
+
+        def local(value: str | None) -> str | None:
+            return datetime.fromisoformat(value).astimezone(zone).isoformat() if value else None
+
+        out = {**doc, "starts_at": local(doc["starts_at"]), "ends_at": local(doc["ends_at"])}
+        out["registration"] = {
+            **doc["registration"],
+            "closes_at": local(doc["registration"]["closes_at"]),
+        }
+        out["agenda"] = [
+            {**s, "starts_at": local(s["starts_at"]), "ends_at": local(s["ends_at"])}
+            for s in doc["agenda"]
+        ]
+        closes = doc["registration"]["closes_at"]
+        probe = Consultation(
+            consultation_id=UUID(doc["id"]),
+            registration_opened=doc["registration"]["opened"],
+            registration_closes_at=datetime.fromisoformat(closes) if closes else None,
+            registration_closed=doc["registration"]["closed"],
+            cancelled=doc["cancelled"],
+            completed=doc["completed"],
+        )
+        return cls(out, probe)
+
+    @property
+    def version(self) -> int:
+        return int(self.doc["version"])
+
+    def at(self, now: datetime) -> dict[str, Any]:
+        """The document with its status at ``now``."""
+        return {**self.doc, "status": status_at(self.probe, now)}
 
 
 def status_clause(status: str, now: datetime) -> Any:
@@ -290,10 +322,39 @@ async def load_doc(system: System, consultation_id: UUID) -> dict[str, Any]:
 
     doc = await in_thread(load)
     if doc is None:
-        raise ProblemError(
-            404, "Not found", f"No consultation {consultation_id}.", type_="unknown-consultation"
-        )
+        raise _unknown(consultation_id)
     return dict(doc)
+
+
+def _unknown(consultation_id: UUID) -> ProblemError:
+    return ProblemError(
+        404, "Not found", f"No consultation {consultation_id}.", type_="unknown-consultation"
+    )
+
+
+async def shown(request: Request, system: System, consultation_id: UUID) -> Shown:
+    """The consultation as shown now: what this process kept, unless its projection moved
+    since (one check shared with the reads around it; see api/freshness.py)."""
+    view: View[Shown] = kept_of(request).views[CONSULTATIONS]
+    if consultation_id in view:
+        found = view.get(consultation_id, await kept_of(request).mark())
+        if found is not None:
+            return found
+    query = with_checkpoint(
+        select(consultations.c.detail).where(consultations.c.consultation_id == consultation_id),
+        CONSULTATIONS,
+    )
+
+    def load() -> Any:
+        with system.db.read() as conn:
+            return conn.execute(query).first()
+
+    row = await in_thread(load)
+    if row is None:
+        raise _unknown(consultation_id)
+    found = Shown.of(dict(row.detail))
+    view.keep(consultation_id, checkpoint_of(row), found)
+    return found
 
 
 async def respond(system: System, consultation_id: UUID, response: Response) -> dict[str, Any]:
@@ -971,6 +1032,7 @@ async def list_consultations(
 )
 async def get_consultation(
     consultation_id: UUID,
+    request: Request,
     system: SystemDep,
     as_of: Annotated[
         str | None,
@@ -983,8 +1045,8 @@ async def get_consultation(
 ) -> Response:
     """A consultation with its agenda, working groups and counts (public)."""
     if as_of is None:
-        doc = await load_doc(system, consultation_id)
-        return tagged(localise(doc, datetime.now(UTC)), doc["version"])
+        now = await shown(request, system, consultation_id)
+        return tagged(now.at(datetime.now(UTC)), now.version)
     position, when = parse_as_of(as_of)
 
     state, version, _ = await in_thread(

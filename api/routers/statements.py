@@ -21,6 +21,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from api.commands import etag, new_id, run
 from api.deps import Member, Organiser, Principal, PrincipalDep, SystemDep, ensure_acts_for
 from api.fields import Text
+from api.freshness import kept_of
 from api.problems import ProblemError
 from api.responses import tagged
 from api.routers.consultations import load_doc, parse_as_of
@@ -30,6 +31,7 @@ from api.threads import in_thread
 from infra.bootstrap import System
 from infra.documents.storage import MEDIA_TYPES, open_file
 from infra.eventstore.verify import verify_stream
+from infra.freshness import Mark
 from services.bus import Outcome
 from services.messages import Personal
 from services.people import person_id
@@ -135,13 +137,15 @@ async def _fold(
     when: datetime | None = None,
     *,
     at_least: int | None = None,
+    seen: Mark | None = None,
 ) -> Folded:
     """The statement now (folded once and kept by the process's lanes) or as it stood then;
-    with ``at_least``, any kept state at that version or later will do."""
+    with ``at_least``, any kept state at that version or later will do; with ``seen``, kept
+    state that held the stream when the log was at that mark (api/freshness.py)."""
 
     def fold() -> Folded:
         if position is None and when is None:
-            snap = system.lanes.load(STATEMENT, statement_id, at_least=at_least)
+            snap = system.lanes.load(STATEMENT, statement_id, at_least=at_least, seen=seen)
             return Folded(snap.state, snap.version, snap.recorded_at, snap.memo)
         records = system.store.read_stream(statement_id, until_position=position, until_time=when)
         state = STATEMENT.fold(EVENTS.decode_known(records))
@@ -269,6 +273,7 @@ def _signatories(at: Times, endorsements: Iterable[Endorsement]) -> list[dict[st
 @router.get("/v1/statements/{statement_id}", responses=ERRORS)
 async def get_statement(
     statement_id: UUID,
+    request: Request,
     response: Response,
     system: SystemDep,
     principal: PrincipalDep,
@@ -279,7 +284,8 @@ async def get_statement(
     """The text by thematic area, pending amendments, each recommendation's history and the
     endorsement counts; ``as_of`` shows it as it stood then."""
     position, when = parse_as_of(as_of) if as_of else (None, None)
-    folded = await _fold(system, statement_id, position, when)
+    seen = await kept_of(request).mark() if as_of is None else None
+    folded = await _fold(system, statement_id, position, when, seen=seen)
     state = folded.state
     _check_reader(principal, state)
     etag(response, folded.version)
@@ -301,6 +307,7 @@ async def get_statement(
 )
 async def list_endorsements(
     statement_id: UUID,
+    request: Request,
     system: SystemDep,
     principal: PrincipalDep,
     format: Literal["json", "csv"] = "json",
@@ -309,7 +316,7 @@ async def list_endorsements(
 ) -> Any:
     """Signatories (public once published) with counts by country and kind; ``format=csv``
     exports them all."""
-    folded = await _fold(system, statement_id)
+    folded = await _fold(system, statement_id, seen=await kept_of(request).mark())
     state, version = folded.state, folded.version
     _check_reader(principal, state)
     counts = _counts(folded)

@@ -106,8 +106,8 @@ _SQLITE_LAST = (
     "SELECT version, chain_hash FROM events WHERE stream_id = :stream_id "
     "ORDER BY version DESC LIMIT 1"
 )
-_HEAD_SQL = "SELECT COALESCE(max(position), 0) FROM events WHERE position IS NOT NULL"
-_HEAD = text(_HEAD_SQL)
+HEAD_SQL = "SELECT COALESCE(max(position), 0) FROM events WHERE position IS NOT NULL"
+_HEAD = text(HEAD_SQL)
 
 
 class SqlEventStore:
@@ -334,7 +334,7 @@ class SqlEventStore:
             return self.head_position()
         with self.db.autocommit() as conn, driver_cursor(conn) as cur:
             cur.execute(_PG_SEQUENCE, {"stream_id": None, "first": None, "last": None})
-            cur.execute(_HEAD_SQL)
+            cur.execute(HEAD_SQL)
             row = cur.fetchone()
             return int(row[0]) if row else 0
 
