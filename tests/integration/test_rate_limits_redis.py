@@ -30,7 +30,8 @@ from structlog.testing import capture_logs
 from api.main import create_app
 from infra.bootstrap import System
 from infra.metrics import RATE_LIMIT_FALLBACKS
-from infra.ratelimit import Decision, RedisLimiter, parse_rate
+from infra import ratelimit
+from infra.ratelimit import Decision, RedisLimiter, lease_size, parse_rate
 from tests import backends
 from tests.e2e.conftest import Keys
 from tests.integration.test_reminders_faults import REDIS_SERVER, PrivateRedis
@@ -90,6 +91,75 @@ def test_a_hit_is_one_round_trip_and_agrees_with_limits_own_accounting(
     other = limiter.hit("another bucket", rate)
     assert other.remaining == 4
     assert SlidingWindowCounterRateLimiter(limiter.storage).test(rate, "another bucket")
+
+
+def _counted(limiter: RedisLimiter, rate: Any, bucket: str) -> int:
+    """The hits Redis counts for ``bucket`` (limits' own reading of the window)."""
+    stats = SlidingWindowCounterRateLimiter(limiter.storage).get_window_stats(rate, bucket)
+    return int(rate.amount - stats.remaining)
+
+
+def test_a_large_budget_is_taken_from_redis_a_slice_at_a_time(
+    limiter: RedisLimiter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rate = parse_rate("10000/minute")
+    assert rate is not None and lease_size(rate, 1) == 50
+    limiter.hit("warm-up", rate)
+    trips: list[str] = []
+    command = redis.Redis.execute_command
+
+    def counted_command(self: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(str(args[0]))
+        return command(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", counted_command)
+    decisions = [limiter.hit("bucket", rate) for _ in range(120)]
+    monkeypatch.undo()
+    assert trips == ["EVALSHA"] * 3, "one round trip per slice of 50"
+    assert _counted(limiter, rate, "bucket") == 150, "a slice counts as spent once taken"
+    assert all(d.allowed and d.shared for d in decisions)
+    assert [d.remaining for d in decisions[:51:50]] == [9950, 9900], "remaining counts it"
+    assert _counted(limiter, rate, "warm-up") == 50
+
+
+def test_the_last_hits_of_a_leased_budget_are_exact_across_processes(
+    limiter: RedisLimiter,
+) -> None:
+    """Two processes leasing from one budget of 1,000 (slices of 5) share it to the hit:
+    slices that no longer fit are not taken, and every slice taken is handed out."""
+    rate = parse_rate("1000/minute")
+    assert rate is not None and lease_size(rate, 1) == 5
+    other = RedisLimiter(os.environ["REDIS_URL"], prefix=limiter.storage.key_prefix)
+    try:
+        allowed = refused = 0
+        while refused < 4:
+            for process in (limiter, other, other):
+                if process.hit("shared", rate).allowed:
+                    allowed += 1
+                else:
+                    refused += 1
+        assert allowed == 1000
+    finally:
+        other.close()
+
+
+def test_small_budgets_are_never_leased_and_a_lease_lapses(
+    limiter: RedisLimiter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = parse_rate("999/minute")
+    assert small is not None and lease_size(small, 1) == 1
+    for _ in range(3):
+        limiter.hit("small", small)
+    assert _counted(limiter, small, "small") == 3
+    large = parse_rate("1000/minute")
+    assert large is not None
+    monkeypatch.setattr(ratelimit, "LEASE_S", 0.05)
+    limiter.hit("large", large)
+    limiter.hit("large", large)
+    assert _counted(limiter, large, "large") == 5
+    time.sleep(0.1)
+    limiter.hit("large", large)
+    assert _counted(limiter, large, "large") == 10, "what was left of the old slice lapsed"
 
 
 @pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
@@ -275,7 +345,8 @@ def test_commands_are_accepted_while_redis_is_down_and_budgets_are_shared_again_
     server = PrivateRedis(tmp_path)
     server.start()
     try:
-        with app_on(system, redis_url=server.url, rate_limit_write="1000/minute") as client:
+        # Under the lease threshold: every hit meets Redis (or its absence) itself.
+        with app_on(system, redis_url=server.url, rate_limit_write="999/minute") as client:
 
             def command(n: int) -> int:
                 return client.post(
