@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
+import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -23,7 +24,6 @@ from api.deps import Member, Organiser, Principal, PrincipalDep, SystemDep, ensu
 from api.fields import Text
 from api.freshness import kept_of
 from api.problems import ProblemError
-from api.responses import tagged
 from api.routers.consultations import load_doc, parse_as_of
 from api.routers.organisations import load_organisation
 from api.schemas import Problem
@@ -343,16 +343,38 @@ async def list_endorsements(
                 "ETag": f'"{version}"',
             },
         )
-    page = {
-        "data": _signatories(folded.at, counts["active"][offset : offset + limit]),
-        "total": counts["count"],
-        "limit": limit,
-        "offset": offset,
-        "by_country": counts["by_country"],
-        "by_kind": counts["by_kind"],
-        "content_hash": state.content_hash,
-    }
-    return tagged(page, version)  # already JSON: no jsonable_encoder pass over the page
+    pages: dict[tuple[int, int], bytes] = folded.memo.setdefault("pages", {})
+    body = pages.get((offset, limit))
+    if body is None:
+        page = {
+            "data": _signatories(folded.at, counts["active"][offset : offset + limit]),
+            "total": counts["count"],
+            "limit": limit,
+            "offset": offset,
+            "by_country": counts["by_country"],
+            "by_kind": counts["by_kind"],
+            "content_hash": state.content_hash,
+        }
+        body = orjson.dumps(page)
+        _keep_page(pages, (offset, limit), body, version)
+    return Response(body, media_type="application/json", headers={"ETag": f'"{version}"'})
+
+
+#: Bytes of rendered pages kept with a folded statement: this many per event folded into it
+#: (about the size of two renderings of every endorsement), or :data:`PAGE_BYTES_FLOOR`.
+PAGE_BYTES_PER_EVENT = 512
+PAGE_BYTES_FLOOR = 64 * 1024
+
+
+def _keep_page(
+    pages: dict[tuple[int, int], bytes], key: tuple[int, int], body: bytes, version: int
+) -> None:
+    """Keep a rendered page with the fold it shows (and dropped with it: a new event or an
+    erasure makes a new fold), within a bound that grows with the statement, as the kept folds
+    themselves are bounded in events (infra/lanes.py)."""
+    held = sum(len(b) for b in pages.values())
+    if held + len(body) <= max(PAGE_BYTES_FLOOR, PAGE_BYTES_PER_EVENT * version):
+        pages[key] = body
 
 
 @router.get("/v1/statements/{statement_id}/document.{kind}", responses={404: {"model": Problem}})

@@ -21,6 +21,7 @@ from sqlalchemy import event
 
 from api.freshness import Freshness, View
 from api.main import create_app
+from api.routers import statements
 from infra.bootstrap import System, bootstrap
 from infra.freshness import Mark, current
 from infra.projections.rebuild import rebuild
@@ -161,6 +162,33 @@ def test_a_name_erased_through_another_process_is_gone_from_the_next_page(
     [after] = client.get(url, headers=keys.admin).json()["data"]
     assert after["signatory_name"] is None
     assert after["organisation_id"] == signed["organisation_id"]
+
+
+def test_a_page_of_a_kept_statement_is_rendered_once(
+    client: TestClient, keys: Keys, system: System, monkeypatch: Any
+) -> None:
+    sid = finalised(client, keys)
+    for n in range(3):
+        system.lanes.handle(STATEMENT, sid, endorsement(sid, n))
+    rendered: list[int] = []
+    real = statements._signatories
+
+    def counted(at: Any, endorsements: Any) -> Any:
+        rendered.append(1)
+        return real(at, endorsements)
+
+    monkeypatch.setattr(statements, "_signatories", counted)
+    url = f"/v1/statements/{sid}/endorsements"
+    pages = [client.get(url, headers=keys.admin, params={"limit": 2}) for _ in range(3)]
+    assert len(rendered) == 1
+    assert all(p.content == pages[0].content for p in pages)
+    assert [e["signatory_name"] for e in pages[0].json()["data"]] == [
+        "Signatory 0",
+        "Signatory 1",
+    ]
+    rest = client.get(url, headers=keys.admin, params={"limit": 2, "offset": 2}).json()
+    assert [e["signatory_name"] for e in rest["data"]] == ["Signatory 2"]
+    assert len(rendered) == 2
 
 
 # -- the shared check ----------------------------------------------------------------------
