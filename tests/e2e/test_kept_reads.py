@@ -109,9 +109,7 @@ def test_the_status_follows_the_clock_in_a_kept_document(
     assert reads == [], "the kept document, with the status of the moment"
 
 
-def test_a_rebuilt_projection_is_read_again(
-    client: TestClient, keys: Keys, system: System
-) -> None:
+def test_a_rebuilt_projection_is_read_again(client: TestClient, keys: Keys, system: System) -> None:
     url, _ = planned(client, keys)
     client.get(url)
     reads = count_detail_reads(system)
@@ -199,11 +197,13 @@ def test_a_request_arriving_during_a_check_waits_for_the_next_one() -> None:
     arrive meanwhile share the next check, which starts once it ends. Never more than one at
     a time, and never one per request."""
     started: list[int] = []
+    began = threading.Event()
     release = [threading.Event() for _ in range(3)]
 
     def read() -> Mark:
         n = len(started)
         started.append(n)
+        began.set()
         release[n].wait(10)
         return Mark(head=n, epoch=0)
 
@@ -211,8 +211,7 @@ def test_a_request_arriving_during_a_check_waits_for_the_next_one() -> None:
 
     async def scenario() -> tuple[list[Mark], list[int]]:
         first = asyncio.ensure_future(freshness.mark())
-        while not started:
-            await asyncio.sleep(0.001)
+        assert await asyncio.to_thread(began.wait, 10)
         later = [asyncio.ensure_future(freshness.mark()) for _ in range(5)]
         await asyncio.sleep(0.05)
         assert started == [0], "one check at a time"

@@ -28,9 +28,9 @@ from limits.strategies import SlidingWindowCounterRateLimiter
 from structlog.testing import capture_logs
 
 from api.main import create_app
+from infra import ratelimit
 from infra.bootstrap import System
 from infra.metrics import RATE_LIMIT_FALLBACKS
-from infra import ratelimit
 from infra.ratelimit import Decision, RedisLimiter, lease_size, parse_rate
 from tests import backends
 from tests.e2e.conftest import Keys
