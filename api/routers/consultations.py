@@ -23,6 +23,7 @@ from api.deps import (
     PrincipalDep,
     SystemDep,
     ensure_acts_for,
+    system_of,
 )
 from api.fields import Country, Text, TimeZone
 from api.freshness import View, kept_of
@@ -1033,7 +1034,6 @@ async def list_consultations(
 async def get_consultation(
     consultation_id: UUID,
     request: Request,
-    system: SystemDep,
     as_of: Annotated[
         str | None,
         Query(
@@ -1044,6 +1044,7 @@ async def get_consultation(
     ] = None,
 ) -> Response:
     """A consultation with its agenda, working groups and counts (public)."""
+    system = system_of(request)
     if as_of is None:
         now = await shown(request, system, consultation_id)
         return tagged(now.at(datetime.now(UTC)), now.version)

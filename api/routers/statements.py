@@ -20,7 +20,15 @@ from fastapi.responses import FileResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from api.commands import etag, new_id, run
-from api.deps import Member, Organiser, Principal, PrincipalDep, SystemDep, ensure_acts_for
+from api.deps import (
+    Member,
+    Organiser,
+    Principal,
+    SystemDep,
+    ensure_acts_for,
+    principal_of,
+    system_of,
+)
 from api.fields import Text
 from api.freshness import kept_of
 from api.problems import ProblemError
@@ -275,14 +283,13 @@ async def get_statement(
     statement_id: UUID,
     request: Request,
     response: Response,
-    system: SystemDep,
-    principal: PrincipalDep,
     as_of: Annotated[
         str | None, Query(max_length=40, description="RFC 3339 time or position")
     ] = None,
 ) -> dict[str, Any]:
     """The text by thematic area, pending amendments, each recommendation's history and the
     endorsement counts; ``as_of`` shows it as it stood then."""
+    system, principal = system_of(request), principal_of(request)
     position, when = parse_as_of(as_of) if as_of else (None, None)
     seen = await kept_of(request).mark() if as_of is None else None
     folded = await _fold(system, statement_id, position, when, seen=seen)
@@ -308,14 +315,13 @@ async def get_statement(
 async def list_endorsements(
     statement_id: UUID,
     request: Request,
-    system: SystemDep,
-    principal: PrincipalDep,
     format: Literal["json", "csv"] = "json",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> Any:
     """Signatories (public once published) with counts by country and kind; ``format=csv``
     exports them all."""
+    system, principal = system_of(request), principal_of(request)
     folded = await _fold(system, statement_id, seen=await kept_of(request).mark())
     state, version = folded.state, folded.version
     _check_reader(principal, state)
