@@ -37,6 +37,8 @@ class Dispatcher:
 
     name = "dispatch"
     tables: tuple[Table, ...] = ()
+    #: Routes read ids from the payload, never a name: personal data stays sealed.
+    personal = False
 
     def __init__(self, send: Send, routes: Mapping[str, Route]) -> None:
         self.send = send

@@ -380,11 +380,13 @@ class SqlEventStore:
         stream_id: UUID | None = None,
         conn: Connection | None = None,
         payload: bool = True,
+        personal: bool = True,
     ) -> list[RecordedEvent]:
         """A page of numbered events with position > ``after`` in position order.
 
         With ``payload=False`` only the events' headers are read: ``data`` and ``metadata``
-        are empty (no JSON to parse, nothing to open or upcast)."""
+        are empty (no JSON to parse, nothing to open or upcast). With ``personal=False`` the
+        personal data in ``data`` stays sealed (no key lookup, nothing decrypted)."""
         p = self._placeholder
         columns = COLUMNS if payload else HEADER_COLUMNS
         sql = f"SELECT {columns} FROM events WHERE position > {p('after')}"
@@ -401,9 +403,9 @@ class SqlEventStore:
             params["stream_id"] = self._key(stream_id)
         sql += f" ORDER BY position LIMIT {p('limit')}"
         if conn is not None:
-            return self._records(conn, sql, params, payload)
+            return self._records(conn, sql, params, payload, personal)
         with self.db.read() as c:
-            return self._records(c, sql, params, payload)
+            return self._records(c, sql, params, payload, personal)
 
     def iter_all(self, after: int = 0, batch_size: int = 5000) -> Iterator[RecordedEvent]:
         """Every numbered event after ``after``, streamed page by page in constant memory."""
@@ -447,7 +449,12 @@ class SqlEventStore:
         return f"%({name})s" if self.db.is_postgres else f":{name}"
 
     def _records(
-        self, conn: Connection, sql: str, params: dict[str, Any], payload: bool = True
+        self,
+        conn: Connection,
+        sql: str,
+        params: dict[str, Any],
+        payload: bool = True,
+        personal: bool = True,
     ) -> list[RecordedEvent]:
         """Run a read on the driver's cursor and build records (upcast to current schemas)."""
         with driver_cursor(conn) as cur:
@@ -480,7 +487,7 @@ class SqlEventStore:
                 (pos, UUID(eid), UUID(sid), st, v, et, sv, loads(d), loads(m), _sqlite_time(at), h)
                 for pos, eid, sid, st, v, et, sv, d, m, at, h in rows
             ]
-        if self.keyring is not None:
+        if self.keyring is not None and personal:
             rows = self._open(conn, rows)
         for pos, eid, sid, stype, ver, etype, sver, data, meta, at, h in rows:
             if upcast is not None:

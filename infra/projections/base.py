@@ -25,7 +25,8 @@ class Projection(Protocol):
     so a cache it keeps in memory can follow along instead of reading the log again;
     ``payload = False`` says it reads only the events' headers (stream, type, version,
     position, time), so it is fed events with empty ``data`` and ``metadata``, read without
-    their JSON.
+    their JSON; ``personal = False`` says it reads the payload but none of the personal data in
+    it, which is left sealed (no key lookup, nothing decrypted: a relay has no use for a name).
     """
 
     name: str
@@ -43,6 +44,11 @@ class Projection(Protocol):
 def reads_payload(projection: Projection) -> bool:
     """False if the projection declares it needs only the events' headers."""
     return bool(getattr(projection, "payload", True))
+
+
+def reads_personal(projection: Projection) -> bool:
+    """False if the projection declares it never reads the personal data in a payload."""
+    return reads_payload(projection) and bool(getattr(projection, "personal", True))
 
 
 def live_tables(projection: Projection) -> dict[str, Table]:

@@ -22,7 +22,13 @@ from sqlalchemy import Connection, bindparam, text
 
 from infra.db import Database, upsert
 from infra.eventstore.store import SqlEventStore, driver_cursor
-from infra.projections.base import Projection, Tables, live_tables, reads_payload
+from infra.projections.base import (
+    Projection,
+    Tables,
+    live_tables,
+    reads_payload,
+    reads_personal,
+)
 from infra.schema import projection_checkpoints
 from services.ports import RecordedEvent
 
@@ -142,7 +148,8 @@ class Projector:
             if 0 < start - self._seen <= self.batch_size // 2:
                 start = self._seen  # also read what others applied since this process looked
             payload = any(reads_payload(self.projections[n]) for n in names)
-            page = self.store.read_all(start, self.batch_size, payload=payload)
+            personal = any(reads_personal(self.projections[n]) for n in names)
+            page = self.store.read_all(start, self.batch_size, payload=payload, personal=personal)
             if not page:
                 self._saw(checkpoints)
                 return applied
@@ -236,7 +243,12 @@ class Projector:
     def step(self, projection: Projection, tables: Tables) -> tuple[int, int]:
         """One transaction: apply the next page; return (checkpoint, events applied)."""
         start = self.checkpoint(projection.name)
-        page = self.store.read_all(start, self.batch_size, payload=reads_payload(projection))
+        page = self.store.read_all(
+            start,
+            self.batch_size,
+            payload=reads_payload(projection),
+            personal=reads_personal(projection),
+        )
         if not page:
             return start, 0
         with self.db.write() as conn:

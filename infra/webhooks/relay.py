@@ -67,6 +67,8 @@ class WebhookRelay:
 
     name = NAME
     tables: tuple[Table, ...] = ()
+    #: A delivery row names the event; the payload is read when it is delivered.
+    payload = False
 
     def __init__(self, send: Send) -> None:
         self.send = send

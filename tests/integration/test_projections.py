@@ -420,3 +420,53 @@ def test_a_projector_follows_what_another_process_applied_without_reading_the_lo
     assert len(live) == 4
     rebuild(system.db, system.store, system.projector.projections["consultations"])
     assert roster() == live
+
+
+def test_the_relays_read_the_log_without_opening_anyones_personal_data(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relays route by type and ids: a page read for them leaves names sealed (no key lookup,
+    nothing decrypted), while a projection that shows names still reads them opened."""
+    client = TestClient(create_app(system, prepare=False))
+    keys = Keys(system)
+    organiser = keys.organiser
+    starts = datetime.now(UTC) + timedelta(days=30)
+    cid = plan(client, organiser, org(client, organiser, "Host"), "Asia/Jakarta", starts)
+    open_registration(client, organiser, cid, starts - timedelta(days=2))
+    register(client, organiser, cid, "Siti Rahma", "siti@example.org")
+    keyring = system.store.keyring
+    assert keyring is not None
+    opened: list[int] = []
+    real_open = keyring.open
+
+    def counted(conn: Connection, items: Any) -> Any:
+        opened.append(len(items))
+        return real_open(conn, items)
+
+    monkeypatch.setattr(keyring, "open", counted)
+    given: list[RecordedEvent] = []
+
+    class Relay(Recording):
+        personal = False
+
+        def apply(self, conn: Connection, tables: Tables, events: Sequence[RecordedEvent]) -> None:
+            given.extend(events)
+
+    Projector(system.db, system.store, [Relay("relay_probe", inline=False)]).catch_up()
+    [registered] = [e for e in given if e.type == "consultation.participant_registered"]
+    assert opened == [], "no key was looked up"
+    sealed = registered.data["name"]["$personal"]
+    assert "ct" in sealed and "value" not in sealed, "the name stays sealed"
+    assert registered.data["registration_id"], "the rest of the payload is there"
+    shown: list[RecordedEvent] = []
+
+    class Reader(Relay):
+        personal = True
+
+        def apply(self, conn: Connection, tables: Tables, events: Sequence[RecordedEvent]) -> None:
+            shown.extend(events)
+
+    Projector(system.db, system.store, [Reader("reader_probe", inline=False)]).catch_up()
+    [again] = [e for e in shown if e.type == "consultation.participant_registered"]
+    assert again.data["name"]["$personal"]["value"] == "Siti Rahma"
+    assert opened, "a projection that shows names opens them"
