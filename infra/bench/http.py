@@ -77,6 +77,11 @@ HOT_P99_FACTOR = 2.0
 LAG_P99_S = 1.0
 #: How long the worker may take to apply the set-up's events before the loads start.
 SETTLE_S = 300.0
+#: Between loads: how long the bench waits at most for the worker to go idle, the window it
+#: watches, and the share of a core below which the worker counts as idle.
+QUIET_S = 120.0
+IDLE_WINDOW_S = 1.0
+IDLE_SHARE = 0.05
 API_RSS_MB = 200.0
 
 
@@ -205,13 +210,24 @@ def api_server(env: dict[str, str], log: Path) -> AbstractContextManager[Server]
     return _serving([sys.executable, "-m", "infra.cli", "serve"], env, log)
 
 
+@dataclass
+class Worker:
+    """The Celery worker beside the API (None of it in embedded mode)."""
+
+    process: subprocess.Popen[bytes]
+
+    def pids(self) -> list[int]:
+        """The worker and its pool's processes."""
+        return [self.process.pid, *_children(self.process.pid)]
+
+
 @contextmanager
-def celery_worker(env: dict[str, str], log: Path) -> Iterator[None]:
+def celery_worker(env: dict[str, str], log: Path) -> Iterator[Worker | None]:
     """One Celery worker beside the API, as in production: its loop keeps the projections
     that commands leave to it caught up (the lag the bench reports includes them). In
     embedded mode (no Redis) ``concord serve`` starts its own."""
     if not env.get("REDIS_URL"):
-        yield
+        yield None
         return
     with log.open("ab") as out:
         process = subprocess.Popen(
@@ -222,7 +238,7 @@ def celery_worker(env: dict[str, str], log: Path) -> Iterator[None]:
             start_new_session=True,
         )
     try:
-        yield
+        yield Worker(process)
     finally:
         _terminate(process)
 
@@ -684,7 +700,7 @@ def run_http(
             progress("baseline: one INSERT per request", 0, 1)
             insert = wrk(bare.url, _LUA_INSERT, seconds, {}, workdir, connections)
             progress("baseline: one INSERT per request", 1, 1)
-        with api_server(env, log) as api, celery_worker(env, log):
+        with api_server(env, log) as api, celery_worker(env, log) as worker:
             world = build_world(
                 url,
                 api.url,
@@ -723,16 +739,20 @@ def run_http(
                 progress(name, 1, 1)
                 return result, sampler
 
+            background = worker.pids if worker is not None else api.pids
+
             hot, hot_sampler = load(
                 "hot statement",
                 _LUA_HOT,
                 {"BENCH_ORGS": str(orgs), "BENCH_STATEMENT": world.hot_statement},
             )
+            _quiet(url, background, progress)
             spread, spread_sampler = load(
                 "spread registrations",
                 _LUA_REGISTER,
                 {"BENCH_PATHS": str(cids), "BENCH_AUTH": world.organiser},
             )
+            _quiet(url, background, progress)
             health, _ = load("baseline: GET /health", _LUA_GET, {"BENCH_PATHS": _one(workdir)})
             cold = {
                 "consultation detail": _first_reads(api.url, detail_paths, world.admin),
@@ -830,6 +850,40 @@ def _settle(url: str, progress: Progress, timeout_s: float = SETTLE_S) -> None:
             time.sleep(0.2)
     finally:
         db.dispose()
+
+
+def _quiet(
+    url: str,
+    background: Callable[[], list[int]],
+    progress: Progress,
+    timeout_s: float = QUIET_S,
+) -> None:
+    """Wait until the work a load left behind is done: the projections and relays at the
+    log's head, then the worker (reminders, e-mails, webhooks it queued) idle. Each workload is
+    then measured on a quiet machine, not beside the previous one's aftermath (on two cores a
+    worker sending a wave of confirmations took half a core from the reads measured next)."""
+    _settle(url, progress)
+    deadline = time.monotonic() + timeout_s
+    busy = cpu_seconds(background())
+    while time.monotonic() < deadline:
+        time.sleep(IDLE_WINDOW_S)
+        used = cpu_seconds(background())
+        share = (used - busy) / IDLE_WINDOW_S
+        busy = used
+        progress("worker finishing queued work", 0 if share > IDLE_SHARE else 1, 1)
+        if share <= IDLE_SHARE:
+            return
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU seconds used so far by ``pids`` (those still alive)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
 
 
 _BEHIND = text(
