@@ -25,10 +25,14 @@ bucket, no burst of twice the quota at a window edge (as a fixed window allows).
   a slice at a time — 1/:data:`LEASE_FRACTION` of it, at most :data:`LEASE_MAX` hits — and the
   process hands the slice out itself: one round trip per slice instead of per hit, which under
   load was a fifth of a read's time. A slice counts as spent in Redis when it is taken (the
-  ``RateLimit`` header's remaining says so); what a process has not handed out within
-  :data:`LEASE_S` is dropped, so at most one slice per process and second goes unused. A slice
-  that no longer fits is not taken: the last hits of a budget are counted one by one, exactly.
-  Small budgets (every one a person could exhaust by hand) are never leased.
+  ``RateLimit`` header's remaining says so, as of when it was taken); what a process has not
+  handed out within :data:`LEASE_S` is dropped. A key used now and then (hundreds of
+  organisations signing within a minute each use theirs every few seconds) still takes one
+  slice per several hits. A client gains at most one slice per process over its budget (hits
+  leased in one window and handed out in the next), and loses at most one slice per process
+  and :data:`LEASE_S` to slices it never used. A slice that no longer fits is not taken: the
+  last hits of a budget are counted one by one, exactly. Small budgets (every one a person
+  could exhaust by hand) are never leased.
 * **In process** (:class:`MemoryLimiter`): embedded mode (one API process, no Redis).
 
 Both remember a refusal until the moment the bucket frees up again: a client hammering an
@@ -79,7 +83,7 @@ LEASE_FRACTION = 200
 #: … and at most this many hits.
 LEASE_MAX = 50
 #: Seconds a lease's hits may be handed out before what is left of it is dropped.
-LEASE_S = 1.0
+LEASE_S = 10.0
 
 #: `limits`' two sliding-window scripts (``acquire_sliding_window.lua``, then
 #: ``sliding_window.lua``) in one call, on the same keys and with the same arithmetic: take
