@@ -30,7 +30,7 @@ V = TypeVar("V")
 #: The projections whose rows the API keeps (their checkpoints are read with every mark).
 KEPT_PROJECTIONS = (ConsultationViews.name,)
 #: Documents kept per projection and process.
-VIEW_SIZE = 2048
+VIEW_SIZE = 1024
 
 
 class Freshness:

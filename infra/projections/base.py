@@ -26,7 +26,8 @@ class Projection(Protocol):
     ``payload = False`` says it reads only the events' headers (stream, type, version,
     position, time), so it is fed events with empty ``data`` and ``metadata``, read without
     their JSON; ``personal = False`` says it reads the payload but none of the personal data in
-    it, which is left sealed (no key lookup, nothing decrypted: a relay has no use for a name).
+    it, which is left sealed (no key lookup, nothing decrypted: a relay has no use for a name;
+    an upcaster then sees those fields sealed).
     """
 
     name: str
