@@ -422,6 +422,18 @@ def test_a_projector_follows_what_another_process_applied_without_reading_the_lo
     assert roster() == live
 
 
+class Given(Recording):
+    """Keeps the events it is given; ``personal=False`` says it never reads a name."""
+
+    def __init__(self, name: str, *, personal: bool) -> None:
+        super().__init__(name, inline=False)
+        self.personal = personal
+        self.given: list[RecordedEvent] = []
+
+    def apply(self, conn: Connection, tables: Tables, events: Sequence[RecordedEvent]) -> None:
+        self.given.extend(events)
+
+
 def test_the_relays_read_the_log_without_opening_anyones_personal_data(
     system: System, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -444,29 +456,17 @@ def test_the_relays_read_the_log_without_opening_anyones_personal_data(
         return real_open(conn, items)
 
     monkeypatch.setattr(keyring, "open", counted)
-    given: list[RecordedEvent] = []
 
-    class Relay(Recording):
-        personal = False
+    def registered(personal: bool) -> RecordedEvent:
+        probe = Given(f"probe_{personal}".lower(), personal=personal)
+        Projector(system.db, system.store, [probe]).catch_up()
+        [event] = [e for e in probe.given if e.type == "consultation.participant_registered"]
+        return event
 
-        def apply(self, conn: Connection, tables: Tables, events: Sequence[RecordedEvent]) -> None:
-            given.extend(events)
-
-    Projector(system.db, system.store, [Relay("relay_probe", inline=False)]).catch_up()
-    [registered] = [e for e in given if e.type == "consultation.participant_registered"]
+    relayed = registered(personal=False)
     assert opened == [], "no key was looked up"
-    sealed = registered.data["name"]["$personal"]
+    sealed = relayed.data["name"]["$personal"]
     assert "ct" in sealed and "value" not in sealed, "the name stays sealed"
-    assert registered.data["registration_id"], "the rest of the payload is there"
-    shown: list[RecordedEvent] = []
-
-    class Reader(Relay):
-        personal = True
-
-        def apply(self, conn: Connection, tables: Tables, events: Sequence[RecordedEvent]) -> None:
-            shown.extend(events)
-
-    Projector(system.db, system.store, [Reader("reader_probe", inline=False)]).catch_up()
-    [again] = [e for e in shown if e.type == "consultation.participant_registered"]
-    assert again.data["name"]["$personal"]["value"] == "Siti Rahma"
+    assert relayed.data["registration_id"], "the rest of the payload is there"
+    assert registered(personal=True).data["name"]["$personal"]["value"] == "Siti Rahma"
     assert opened, "a projection that shows names opens them"
