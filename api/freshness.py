@@ -27,8 +27,10 @@ from infra.projections.consultations import ConsultationViews
 
 V = TypeVar("V")
 
+#: The projection a consultation's document is kept from.
+CONSULTATIONS = ConsultationViews.name
 #: The projections whose rows the API keeps (their checkpoints are read with every mark).
-KEPT_PROJECTIONS = (ConsultationViews.name,)
+KEPT_PROJECTIONS = (CONSULTATIONS,)
 #: Documents kept per projection and process.
 VIEW_SIZE = 1024
 

@@ -26,19 +26,14 @@ from api.deps import (
     system_of,
 )
 from api.fields import Country, Text, TimeZone
-from api.freshness import View, kept_of
+from api.freshness import CONSULTATIONS, View, kept_of
 from api.problems import ProblemError
 from api.responses import tagged
 from api.schemas import Problem
 from api.threads import in_thread
 from infra.bootstrap import System
 from infra.freshness import checkpoint_of, with_checkpoint
-from infra.projections.consultations import (
-    ConsultationViews,
-    consultations,
-    document,
-    registrations,
-)
+from infra.projections.consultations import consultations, document, registrations
 from infra.projections.organisations import organisations
 from infra.projections.series import series as series_table
 from services.consultations import commands as c
@@ -48,9 +43,6 @@ from services.series.commands import JoinSeries
 from services.series.model import SERIES
 
 router = APIRouter(prefix="/v1/consultations", tags=["consultations"])
-
-#: The projection a consultation's document is read from.
-CONSULTATIONS = ConsultationViews.name
 
 Status = Literal["planned", "registration_open", "registration_closed", "cancelled", "completed"]
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -336,9 +328,10 @@ def _unknown(consultation_id: UUID) -> ProblemError:
 async def shown(request: Request, system: System, consultation_id: UUID) -> Shown:
     """The consultation as shown now: what this process kept, unless its projection moved
     since (one check shared with the reads around it; see api/freshness.py)."""
-    view: View[Shown] = kept_of(request).views[CONSULTATIONS]
+    kept = kept_of(request)
+    view: View[Shown] = kept.views[CONSULTATIONS]
     if consultation_id in view:
-        found = view.get(consultation_id, await kept_of(request).mark())
+        found = view.get(consultation_id, await kept.mark())
         if found is not None:
             return found
     query = with_checkpoint(
