@@ -10,12 +10,13 @@ opened. Every page is sent with a strict Content Security Policy (no inline scri
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 
 from api.pages import signon, statement
 from api.pages.common import mount_static
+from api.routing import Router
 
-router = APIRouter(tags=["public pages"])
+router = Router(tags=["public pages"])
 router.include_router(statement.router)
 router.include_router(signon.router)
 

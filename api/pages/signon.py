@@ -27,7 +27,7 @@ from urllib.parse import parse_qs
 from uuid import UUID
 
 import structlog
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 
@@ -44,6 +44,7 @@ from api.pages.common import (
     statement_status,
     text_view,
 )
+from api.routing import Router
 from api.threads import in_thread
 from infra.bootstrap import System
 from infra.documents.model import ERASED
@@ -82,7 +83,7 @@ from services.statements.model import (
 )
 
 log = structlog.get_logger("concord.signon")
-router = APIRouter()
+router = Router()
 
 COOKIE = "concord_form"
 FORM = "application/x-www-form-urlencoded"

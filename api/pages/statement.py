@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import Depends, Header, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
@@ -25,13 +25,14 @@ from api.pages.common import (
 )
 from api.problems import ProblemError
 from api.routers.events import held_slot
+from api.routing import Router
 from api.schemas import Problem
 from api.threads import in_thread
 from infra.integration import live
 from services.registry import EVENTS
 from services.statements.model import STATEMENT
 
-router = APIRouter()
+router = Router()
 
 #: What changes the list (or whether the page may show one).
 LIVE_TYPES = (

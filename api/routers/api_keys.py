@@ -9,19 +9,20 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Admin, Principal, SystemDep, require
 from api.fields import Text
 from api.problems import ProblemError
 from api.ratelimit import guard_of
+from api.routing import Router
 from api.schemas import Problem
 from api.threads import in_thread
 from infra import key_usage
 from infra.keys import ApiKey, KeyError_
 
-router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
+router = Router(prefix="/v1/api-keys", tags=["api keys"])
 
 
 class ApiKeyCreate(BaseModel):

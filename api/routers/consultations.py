@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, HttpUrl
 from sqlalchemy import and_, false, func, not_, select
 
@@ -29,6 +29,7 @@ from api.fields import Country, Text, TimeZone
 from api.freshness import CONSULTATIONS, View, kept_of
 from api.problems import ProblemError
 from api.responses import tagged
+from api.routing import Router
 from api.schemas import Problem
 from api.threads import in_thread
 from infra.bootstrap import System
@@ -42,7 +43,7 @@ from services.people import person_id
 from services.series.commands import JoinSeries
 from services.series.model import SERIES
 
-router = APIRouter(prefix="/v1/consultations", tags=["consultations"])
+router = Router(prefix="/v1/consultations", tags=["consultations"])
 
 Status = Literal["planned", "registration_open", "registration_closed", "cancelled", "completed"]
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -396,6 +397,47 @@ def parse_as_of(value: str) -> tuple[int | None, datetime | None]:
 
 
 # -- planning -----------------------------------------------------------------------------
+
+
+# The most read route first: a router tries its routes in order (see api/routing.py).
+@router.get(
+    "/{consultation_id}",
+    dependencies=[MinPosition],
+    responses=ERRORS,
+    response_model=dict[str, Any],
+)
+async def get_consultation(
+    consultation_id: UUID,
+    request: Request,
+    as_of: Annotated[
+        str | None,
+        Query(
+            max_length=40,
+            description="An RFC 3339 time or an event position: the "
+            "consultation as it stood then, rebuilt from the log.",
+        ),
+    ] = None,
+) -> Response:
+    """A consultation with its agenda, working groups and counts (public)."""
+    system = system_of(request)
+    if as_of is None:
+        now = await shown(request, system, consultation_id)
+        return tagged(now.at(datetime.now(UTC)), now.version)
+    position, when = parse_as_of(as_of)
+
+    state, version, _ = await in_thread(
+        partial(
+            system.bus.load, CONSULTATION, consultation_id, until_position=position, until_time=when
+        )
+    )
+    if not state.exists:
+        raise ProblemError(
+            404,
+            "Not found",
+            f"Consultation {consultation_id} did not exist then.",
+            type_="unknown-consultation",
+        )
+    return tagged(localise(document(state, version), when or datetime.now(UTC)), version)
 
 
 @router.post("", status_code=201, responses=ERRORS)
@@ -1016,46 +1058,6 @@ async def list_consultations(
         )
 
     return await in_thread(load)
-
-
-@router.get(
-    "/{consultation_id}",
-    dependencies=[MinPosition],
-    responses=ERRORS,
-    response_model=dict[str, Any],
-)
-async def get_consultation(
-    consultation_id: UUID,
-    request: Request,
-    as_of: Annotated[
-        str | None,
-        Query(
-            max_length=40,
-            description="An RFC 3339 time or an event position: the "
-            "consultation as it stood then, rebuilt from the log.",
-        ),
-    ] = None,
-) -> Response:
-    """A consultation with its agenda, working groups and counts (public)."""
-    system = system_of(request)
-    if as_of is None:
-        now = await shown(request, system, consultation_id)
-        return tagged(now.at(datetime.now(UTC)), now.version)
-    position, when = parse_as_of(as_of)
-
-    state, version, _ = await in_thread(
-        partial(
-            system.bus.load, CONSULTATION, consultation_id, until_position=position, until_time=when
-        )
-    )
-    if not state.exists:
-        raise ProblemError(
-            404,
-            "Not found",
-            f"Consultation {consultation_id} did not exist then.",
-            type_="unknown-consultation",
-        )
-    return tagged(localise(document(state, version), when or datetime.now(UTC)), version)
 
 
 @router.get("/{consultation_id}/calendar.ics", responses={404: {"model": Problem}})

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from api.deps import EventReader, SystemDep
+from api.routing import Router
 from api.schemas import Problem
 from infra.integration import asyncapi
 from infra.integration.contract import SCHEMA_DIALECT, data_schema, public_types
 
-router = APIRouter(prefix="/v1", tags=["events"])
+router = Router(prefix="/v1", tags=["events"])
 
 
 class EventTypePublic(BaseModel):

@@ -10,19 +10,20 @@ from uuid import UUID
 
 import anyio.to_thread
 import orjson
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import Depends, Header, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 
 from api.deps import EventReader, MinPosition, Principal, SystemDep
 from api.problems import ProblemError
+from api.routing import Router
 from api.schemas import EventPage, EventPublic, Problem
 from api.threads import in_thread
 from infra.bootstrap import System
 from infra.integration import live
 from infra.integration.contract import envelope, internal_types, public_event
 
-router = APIRouter(prefix="/v1", tags=["events"])
+router = Router(prefix="/v1", tags=["events"])
 
 MAX_PAGE = 1000
 #: A full page never changes (positions are contiguous and handed out in order), so it may be

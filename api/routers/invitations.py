@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field
 from sqlalchemy import func, select
 
@@ -21,6 +21,7 @@ from api.fields import Text
 from api.problems import ProblemError
 from api.routers.organisations import load_organisation
 from api.routers.statements import _fold
+from api.routing import Router
 from api.schemas import Problem
 from api.threads import in_thread
 from infra.bootstrap import System
@@ -32,7 +33,7 @@ from services.invitations.model import DEFAULT_EXPIRY, INVITATION, LIVE, MAX_EXP
 from services.statements.model import Statement, endorsement_open_at
 from services.statements.model import status as statement_status
 
-router = APIRouter(tags=["invitations"])
+router = Router(tags=["invitations"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     c: {"model": Problem} for c in (401, 403, 404, 409, 422, 503)
 }

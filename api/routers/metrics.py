@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Depends, Request, Response
 
 from api.deps import SystemDep, current_principal, require
+from api.routing import Router
 from api.threads import in_thread
 from infra.bootstrap import System
 from infra.metrics import CONTENT_TYPE, render
 
-router = APIRouter(tags=["operations"])
+router = Router(tags=["operations"])
 
 
 async def metrics_reader(request: Request, system: SystemDep) -> None:

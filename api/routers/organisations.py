@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import Query, Request, Response
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, HttpUrl
 from sqlalchemy import func, select
 
@@ -23,6 +23,7 @@ from api.deps import (
 )
 from api.fields import Country, Text
 from api.problems import ProblemError
+from api.routing import Router
 from api.schemas import Problem
 from api.threads import in_thread
 from infra.bootstrap import System
@@ -31,7 +32,7 @@ from infra.projections.organisations import organisations
 from services.organisations.commands import KINDS, RegisterOrganisation, ReviseOrganisation
 from services.organisations.model import ORGANISATION
 
-router = APIRouter(prefix="/v1/organisations", tags=["organisations"])
+router = Router(prefix="/v1/organisations", tags=["organisations"])
 
 Kind = Literal[KINDS]  # type: ignore[valid-type]
 

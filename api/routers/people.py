@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
 from sqlalchemy import select
 
@@ -19,13 +19,14 @@ from api.commands import run
 from api.deps import Principal, SystemDep, require
 from api.fields import Text
 from api.problems import ProblemError
+from api.routing import Router
 from api.schemas import Problem
 from api.threads import in_thread
 from infra.bootstrap import System
 from infra.projections.consultations import registrations
 from services.people import PERSON, AlreadyErased, ErasePerson, person_id
 
-router = APIRouter(prefix="/v1/people", tags=["people"])
+router = Router(prefix="/v1/people", tags=["people"])
 
 Eraser = Annotated[Principal, Depends(require("admin", "organisation"))]
 ERRORS: dict[int | str, dict[str, Any]] = {

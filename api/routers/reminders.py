@@ -7,12 +7,13 @@ from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.commands import run
 from api.deps import IfMatch, Organiser, SystemDep
 from api.routers.consultations import ERRORS, load_doc
+from api.routing import Router
 from api.threads import in_thread
 from infra.bootstrap import System
 from infra.reminders import schedule
@@ -20,7 +21,7 @@ from services.consultations.commands import ConfigureReminders
 from services.consultations.model import CONSULTATION
 from services.reminders.rules import ANCHORS
 
-router = APIRouter(prefix="/v1/consultations", tags=["reminders"])
+router = Router(prefix="/v1/consultations", tags=["reminders"])
 
 Offsets = list[timedelta] | None
 _OFFSETS = Field(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -13,6 +13,7 @@ from api.commands import etag, new_id, run
 from api.deps import IfMatch, MinPosition, Organiser, SystemDep
 from api.fields import Country, Text
 from api.problems import ProblemError
+from api.routing import Router
 from api.schemas import Problem
 from api.threads import in_thread
 from infra.bootstrap import System
@@ -21,7 +22,7 @@ from infra.projections.series import series
 from services.series.commands import ExtendSeriesPlan, LaunchSeries
 from services.series.model import SERIES
 
-router = APIRouter(prefix="/v1/series", tags=["series"])
+router = Router(prefix="/v1/series", tags=["series"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem},
     403: {"model": Problem},

@@ -14,12 +14,13 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
 from api.deps import Principal, SystemDep, require
 from api.fields import Text
 from api.problems import ProblemError
+from api.routing import Router
 from api.schemas import Problem
 from api.threads import in_thread
 from infra.bootstrap import System
@@ -33,7 +34,7 @@ from infra.webhooks.subscriptions import (
     subscriptions,
 )
 
-router = APIRouter(prefix="/v1/subscriptions", tags=["webhooks"])
+router = Router(prefix="/v1/subscriptions", tags=["webhooks"])
 
 Integrator = Annotated[Principal, Depends(require("admin", "integrator"))]
 Url = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2048)]
