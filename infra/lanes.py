@@ -181,19 +181,39 @@ class Lanes:
         # Outside the lock: one round trip fewer while others wait.
         epoch = seen.epoch if seen is not None else self._epoch()
         if at_least is not None or seen is not None:
-            with self._lock:
-                entry = self._entry(stream_id, decider, epoch)
-            if entry is not None and (
-                (at_least is not None and entry.snapshot.version >= at_least)
-                or (seen is not None and entry.checked >= seen.head)
-            ):
-                return entry.snapshot
+            kept = self._kept(decider, stream_id, epoch, at_least, seen)
+            if kept is not None:
+                return kept
         with self._folding[hash(stream_id) % FOLD_STRIPES]:
             cached, _ = self._cached(stream_id, decider, epoch)
             snapshot = self.bus.catch_up(decider, stream_id, cached)
             # Read after ``seen``: every event numbered up to its head is in the snapshot.
             self._keep(snapshot, epoch, seen.head if seen is not None else 0)
             return snapshot
+
+    def kept_at(
+        self, decider: Decider[Any, Any], stream_id: UUID, seen: Mark
+    ) -> Snapshot[Any] | None:
+        """What :meth:`load` with ``seen`` answers without reading anything, else None: no
+        I/O and no fold lock, so an event loop may ask it before handing the load to a thread."""
+        return self._kept(decider, stream_id, seen.epoch, None, seen)
+
+    def _kept(
+        self,
+        decider: Decider[Any, Any],
+        stream_id: UUID,
+        epoch: int,
+        at_least: int | None,
+        seen: Mark | None,
+    ) -> Snapshot[Any] | None:
+        with self._lock:
+            entry = self._entry(stream_id, decider, epoch)
+        if entry is not None and (
+            (at_least is not None and entry.snapshot.version >= at_least)
+            or (seen is not None and entry.checked >= seen.head)
+        ):
+            return entry.snapshot
+        return None
 
     def _cached(
         self, stream_id: UUID, decider: Decider[Any, Any], epoch: int | None = None

@@ -15,7 +15,7 @@ from uuid import UUID
 from zoneinfo import ZoneInfo
 
 import orjson
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import Query, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -34,6 +34,7 @@ from api.freshness import kept_of
 from api.problems import ProblemError
 from api.routers.consultations import load_doc, parse_as_of
 from api.routers.organisations import load_organisation
+from api.routing import Router
 from api.schemas import Problem
 from api.threads import in_thread
 from infra.bootstrap import System
@@ -59,7 +60,7 @@ from services.statements.model import (
     status,
 )
 
-router = APIRouter(tags=["statements"])
+router = Router(tags=["statements"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     c: {"model": Problem} for c in (401, 403, 404, 409, 412, 422)
 }
@@ -160,7 +161,11 @@ async def _fold(
         at = {r.version: r.recorded_at for r in records}
         return Folded(state, records[-1].version if records else 0, at.get, {})
 
-    folded = await in_thread(fold)
+    kept = system.lanes.kept_at(STATEMENT, statement_id, seen) if seen is not None else None
+    if kept is not None and position is None and when is None:  # no thread needed
+        folded = Folded(kept.state, kept.version, kept.recorded_at, kept.memo)
+    else:
+        folded = await in_thread(fold)
     if not folded.state.exists:
         raise ProblemError(
             404, "Not found", f"No statement {statement_id}.", type_="unknown-statement"
