@@ -145,7 +145,11 @@ async def current_principal(request: Request) -> Principal:
 
     Its only parameter is the request (no sub-dependencies to solve on every call): the rate
     limiter has authenticated it already, and the header is not part of any route's schema."""
-    auth: Authentication | None = request.scope.get("state", {}).get("auth")
+    state = request.scope.setdefault("state", {})
+    known: Principal | None = state.get(_PRINCIPAL)
+    if known is not None:  # checked already (api/routing.py)
+        return known
+    auth: Authentication | None = state.get("auth")
     if auth is None:  # a route the rate limiter does not see (/metrics)
         system: System = request.app.state.system
         authorization = request.headers.get("authorization")
@@ -157,7 +161,7 @@ async def current_principal(request: Request) -> Principal:
     principal = Principal(auth.key)
     if auth.key is not None:
         structlog.contextvars.bind_contextvars(api_key=auth.key.prefix)
-    request.scope.setdefault("state", {})[_PRINCIPAL] = principal
+    state[_PRINCIPAL] = principal
     return principal
 
 
@@ -260,17 +264,22 @@ async def if_match(  # async: no thread hop (see get_system)
 IfMatch = Annotated[int | None, Depends(if_match)]
 
 
-async def wait_for_min_position(
-    request: Request,
-    x_min_position: Annotated[
-        int | None,
-        Header(
-            ge=0,
-            le=2**63 - 1,
-            description="Answer only with state that includes this event position.",
-        ),
-    ] = None,
-) -> None:
+MinPositionHeader = Annotated[
+    int | None,
+    Header(
+        ge=0,
+        le=2**63 - 1,
+        description="Answer only with state that includes this event position.",
+    ),
+]
+
+
+async def wait_for_min_position(request: Request, x_min_position: MinPositionHeader = None) -> None:
+    """``X-Min-Position`` as a dependency (see :func:`reach_min_position`)."""
+    await reach_min_position(request, x_min_position)
+
+
+async def reach_min_position(request: Request, x_min_position: int | None) -> None:
     """Honour ``X-Min-Position``: wait until the projections include it, else 503."""
     if x_min_position is None or x_min_position == 0:
         return

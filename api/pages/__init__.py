@@ -16,7 +16,7 @@ from api.pages import signon, statement
 from api.pages.common import mount_static
 from api.routing import Router
 
-router = Router(tags=["public pages"])
+router = Router(tags=["public pages"], keyed=False)
 router.include_router(statement.router)
 router.include_router(signon.router)
 

@@ -83,7 +83,7 @@ from services.statements.model import (
 )
 
 log = structlog.get_logger("concord.signon")
-router = Router()
+router = Router(keyed=False)
 
 COOKIE = "concord_form"
 FORM = "application/x-www-form-urlencoded"

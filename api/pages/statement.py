@@ -32,7 +32,7 @@ from infra.integration import live
 from services.registry import EVENTS
 from services.statements.model import STATEMENT
 
-router = Router()
+router = Router(keyed=False)
 
 #: What changes the list (or whether the page may show one).
 LIVE_TYPES = (

@@ -12,7 +12,7 @@ from api.routing import Router
 from api.threads import in_thread
 from infra.bootstrap import System
 
-router = Router(tags=["operations"])
+router = Router(tags=["operations"], keyed=False)
 
 
 @router.get("/health")

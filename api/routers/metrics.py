@@ -12,7 +12,7 @@ from api.threads import in_thread
 from infra.bootstrap import System
 from infra.metrics import CONTENT_TYPE, render
 
-router = Router(tags=["operations"])
+router = Router(tags=["operations"], keyed=False)
 
 
 async def metrics_reader(request: Request, system: SystemDep) -> None:

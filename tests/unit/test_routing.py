@@ -12,7 +12,7 @@ import pytest
 from starlette.routing import BaseRoute, Match, Mount
 
 from api.main import create_app
-from api.routing import Router
+from api.routing import KeyedRoute, Router
 from infra.bootstrap import System
 from infra.settings import Settings
 
@@ -94,3 +94,9 @@ def test_a_router_without_routes_of_its_own_path_is_never_shortcut() -> None:
     outer.include_router(inner)
     assert outer.heads() == ("",)
     assert inner.heads() == ("/v1/x/",)
+
+
+def test_every_v1_route_checks_the_key_and_no_other_does(app: Any) -> None:
+    # What a bad key gets on each route is in tests/e2e/test_authorization_matrix.py.
+    for _, path, route in _requests(app):
+        assert isinstance(route, KeyedRoute) == path.startswith("/v1/"), path
