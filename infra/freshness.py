@@ -4,9 +4,11 @@ An API process keeps what it read (a consultation's document, a folded statement
 from it while nothing it depends on has moved. Whether something moved is one small query,
 :func:`read_mark`, shared by every request waiting at that moment (api/freshness.py):
 
-* a projection's rows change only in the transaction that moves its checkpoint (the projector
-  writes both together; a rebuild rewrites the checkpoint row too), so a document read in the
-  same statement as its projection's checkpoint is current for as long as that checkpoint is;
+* a projection's rows change only in a transaction that also moves its change marker
+  (``changed_position``, ``changed_at``: the projector moves it for the events of the streams
+  the projection reads, with the rows; a rebuild moves it too), so a document read in the same
+  statement as that marker is current for as long as the marker is. Events of other streams
+  move the projection's checkpoint but not the marker, so they leave kept documents current;
 * a stream gains an event only once it is numbered before its command answers, so a folded
   stream that held every event numbered up to a head is current for as long as the head is —
   an event committed but not yet numbered belongs to a command nobody has heard back from;
@@ -26,7 +28,7 @@ from infra.db import Database
 from infra.eventstore.store import HEAD_SQL
 from infra.schema import UtcDateTime, projection_checkpoints
 
-#: A projection's checkpoint: (position, when it last moved). The time tells a rebuild that
+#: Where a projection's rows last changed: (position, when). The time tells a rebuild that
 #: ended at the same position from the rows it replaced.
 Checkpoint = tuple[int, datetime | None]
 
@@ -56,7 +58,7 @@ _MARK = (
     text(
         f"SELECT ({HEAD_SQL}) AS head,"
         " (SELECT COALESCE(max(epoch), 0) FROM keyring_epoch) AS epoch,"
-        " name, position, updated_at"
+        " name, changed_position, changed_at"
         " FROM (SELECT 1 AS one) AS one LEFT JOIN projection_checkpoints ON name IN :names"
     )
     .bindparams(bindparam("names", expanding=True, type_=String))
@@ -64,8 +66,8 @@ _MARK = (
         column("head", BigInteger),
         column("epoch", BigInteger),
         column("name", String),
-        column("position", BigInteger),
-        column("updated_at", UtcDateTime()),
+        column("changed_position", BigInteger),
+        column("changed_at", UtcDateTime()),
     )
 )
 
@@ -75,7 +77,9 @@ def read_mark(db: Database, projections: Sequence[str]) -> Mark:
     with db.read() as conn:
         rows = conn.execute(_MARK, {"names": list(projections)}).all()
     head, epoch = int(rows[0].head), int(rows[0].epoch)
-    checkpoints = {r.name: (int(r.position), r.updated_at) for r in rows if r.name is not None}
+    checkpoints = {
+        r.name: (int(r.changed_position), r.changed_at) for r in rows if r.name is not None
+    }
     return Mark(head, epoch, checkpoints)
 
 
@@ -85,8 +89,8 @@ def with_checkpoint(query: Select[Any], projection: str) -> Select[Any]:
     t = projection_checkpoints
     where = t.c.name == projection
     return query.add_columns(
-        select(t.c.position).where(where).scalar_subquery().label("checkpoint_position"),
-        select(t.c.updated_at).where(where).scalar_subquery().label("checkpoint_at"),
+        select(t.c.changed_position).where(where).scalar_subquery().label("checkpoint_position"),
+        select(t.c.changed_at).where(where).scalar_subquery().label("checkpoint_at"),
     )
 
 

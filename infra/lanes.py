@@ -185,6 +185,13 @@ class Lanes:
             if kept is not None:
                 return kept
         with self._folding[hash(stream_id) % FOLD_STRIPES]:
+            if seen is not None:
+                # A reader that held this lock before us may have caught the stream up to our
+                # head or later: then its snapshot answers us too (one stream read per head
+                # the log moves to, not one per reader waiting here).
+                kept = self._kept(decider, stream_id, epoch, None, seen)
+                if kept is not None:
+                    return kept
             cached, _ = self._cached(stream_id, decider, epoch)
             snapshot = self.bus.catch_up(decider, stream_id, cached)
             # Read after ``seen``: every event numbered up to its head is in the snapshot.

@@ -95,6 +95,10 @@ projection_checkpoints = Table(
     Column("name", String(64), primary_key=True),
     Column("position", BigInteger, nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
+    # Where and when its rows last changed: only for an event of a stream it reads, or a
+    # rebuild (a checkpoint moves past every event). What kept documents are checked against.
+    Column("changed_position", BigInteger, nullable=False, server_default="0"),
+    Column("changed_at", UtcDateTime(), nullable=True),
 )
 
 #: One key per person for their data in the log (see :mod:`infra.personal`); deleting the row

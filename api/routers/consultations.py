@@ -401,7 +401,7 @@ def parse_as_of(value: str) -> tuple[int | None, datetime | None]:
 # -- planning -----------------------------------------------------------------------------
 
 
-# The most read route first: a router tries its routes in order (see api/routing.py).
+# The busiest routes first: a router tries its routes in order (see api/routing.py).
 @router.get("/{consultation_id}", responses=ERRORS, response_model=dict[str, Any])
 async def get_consultation(
     consultation_id: UUID,
@@ -438,6 +438,49 @@ async def get_consultation(
             type_="unknown-consultation",
         )
     return tagged(localise(document(state, version), when or datetime.now(UTC)), version)
+
+
+@router.post("/{consultation_id}/registrations", status_code=201, responses=ERRORS)
+async def register(
+    consultation_id: UUID,
+    body: RegistrationCreate,
+    request: Request,
+    response: Response,
+    system: SystemDep,
+    principal: Member,
+) -> dict[str, Any]:
+    """Register a person; beyond capacity they join the waitlist (status ``waitlisted``)."""
+    organisation_id = body.organisation_id
+    if principal.role == "organisation":
+        organisation_id = organisation_id or principal.organisation_id
+    ensure_acts_for(principal, organisation_id)
+    if organisation_id is not None:
+        await check_organisations(system, organisation_id=[organisation_id])
+    email = str(body.email)
+    registration_id = new_id(request)
+    outcome = await command(
+        system,
+        request,
+        response,
+        principal,
+        consultation_id,
+        c.RegisterParticipant(
+            consultation_id=consultation_id,
+            registration_id=registration_id,
+            person_id=person_id(email),
+            name=body.name,
+            email=email,
+            role=body.role,
+            organisation_id=organisation_id,
+            country=body.country,
+        ),
+    )
+    status = "waitlisted" if outcome.events[0].type.endswith("waitlisted") else "registered"
+    response.headers["Location"] = (
+        f"/v1/consultations/{consultation_id}/registrations/{registration_id}"
+    )
+    row = await _registration(system, registration_id)
+    return {**row.model_dump(mode="json"), "status": status}
 
 
 @router.post("", status_code=201, responses=ERRORS)
@@ -818,49 +861,6 @@ async def form_working_group(
 
 
 # -- registrations ------------------------------------------------------------------------
-
-
-@router.post("/{consultation_id}/registrations", status_code=201, responses=ERRORS)
-async def register(
-    consultation_id: UUID,
-    body: RegistrationCreate,
-    request: Request,
-    response: Response,
-    system: SystemDep,
-    principal: Member,
-) -> dict[str, Any]:
-    """Register a person; beyond capacity they join the waitlist (status ``waitlisted``)."""
-    organisation_id = body.organisation_id
-    if principal.role == "organisation":
-        organisation_id = organisation_id or principal.organisation_id
-    ensure_acts_for(principal, organisation_id)
-    if organisation_id is not None:
-        await check_organisations(system, organisation_id=[organisation_id])
-    email = str(body.email)
-    registration_id = new_id(request)
-    outcome = await command(
-        system,
-        request,
-        response,
-        principal,
-        consultation_id,
-        c.RegisterParticipant(
-            consultation_id=consultation_id,
-            registration_id=registration_id,
-            person_id=person_id(email),
-            name=body.name,
-            email=email,
-            role=body.role,
-            organisation_id=organisation_id,
-            country=body.country,
-        ),
-    )
-    status = "waitlisted" if outcome.events[0].type.endswith("waitlisted") else "registered"
-    response.headers["Location"] = (
-        f"/v1/consultations/{consultation_id}/registrations/{registration_id}"
-    )
-    row = await _registration(system, registration_id)
-    return {**row.model_dump(mode="json"), "status": status}
 
 
 async def _registration(system: System, registration_id: UUID) -> RegistrationPublic:

@@ -388,6 +388,75 @@ def _keep_page(
         pages[key] = body
 
 
+@router.post("/v1/statements/{statement_id}/endorsements", status_code=201, responses=ERRORS)
+async def endorse(
+    statement_id: UUID,
+    body: EndorsementCreate,
+    request: Request,
+    response: Response,
+    system: SystemDep,
+    principal: Member,
+) -> dict[str, Any]:
+    """Endorse the finalised text for one organisation (each only for itself, once)."""
+    ensure_acts_for(principal, body.organisation_id)
+    organisation = await load_organisation(system, body.organisation_id)
+    outcome = await _command(
+        system,
+        request,
+        response,
+        principal,
+        statement_id,
+        s.EndorseStatement(
+            statement_id=statement_id,
+            organisation_id=body.organisation_id,
+            person_id=person_id(f"{body.organisation_id}/{body.signatory_name}"),
+            signatory_name=body.signatory_name,
+            signatory_title=body.signatory_title,
+            organisation_name=organisation.name,
+            organisation_country=organisation.country,
+            organisation_kind=organisation.kind,
+            content_hash=body.content_hash,
+        ),
+    )
+    response.headers["Location"] = (
+        f"/v1/statements/{statement_id}/endorsements/{body.organisation_id}"
+    )
+    event = outcome.recorded[-1] if outcome.recorded else None
+    return {
+        "statement_id": str(statement_id),
+        "organisation_id": str(body.organisation_id),
+        "signatory_name": body.signatory_name,
+        "signatory_title": body.signatory_title,
+        "content_hash": event.data.get("content_hash") if event else None,
+        "position": outcome.position,
+        "version": outcome.version,
+        "receipt": receipt(statement_id, event, outcome.position) if event else None,
+    }
+
+
+@router.delete("/v1/statements/{statement_id}/endorsements/{organisation_id}", responses=ERRORS)
+async def withdraw_endorsement(
+    statement_id: UUID,
+    organisation_id: UUID,
+    request: Request,
+    response: Response,
+    system: SystemDep,
+    principal: Member,
+    body: Withdrawal | None = None,
+) -> dict[str, Any]:
+    """Withdraw an organisation's endorsement (it stays in the history)."""
+    ensure_acts_for(principal, organisation_id)
+    done = await _command(
+        system,
+        request,
+        response,
+        principal,
+        statement_id,
+        s.WithdrawEndorsement(statement_id, organisation_id, body.reason if body else None),
+    )
+    return await _answer(system, done, response)
+
+
 @router.get("/v1/statements/{statement_id}/document.{kind}", responses={404: {"model": Problem}})
 async def get_document(
     statement_id: UUID, kind: Literal["md", "html", "pdf"], system: SystemDep
@@ -736,52 +805,6 @@ async def publish(
     }
 
 
-@router.post("/v1/statements/{statement_id}/endorsements", status_code=201, responses=ERRORS)
-async def endorse(
-    statement_id: UUID,
-    body: EndorsementCreate,
-    request: Request,
-    response: Response,
-    system: SystemDep,
-    principal: Member,
-) -> dict[str, Any]:
-    """Endorse the finalised text for one organisation (each only for itself, once)."""
-    ensure_acts_for(principal, body.organisation_id)
-    organisation = await load_organisation(system, body.organisation_id)
-    outcome = await _command(
-        system,
-        request,
-        response,
-        principal,
-        statement_id,
-        s.EndorseStatement(
-            statement_id=statement_id,
-            organisation_id=body.organisation_id,
-            person_id=person_id(f"{body.organisation_id}/{body.signatory_name}"),
-            signatory_name=body.signatory_name,
-            signatory_title=body.signatory_title,
-            organisation_name=organisation.name,
-            organisation_country=organisation.country,
-            organisation_kind=organisation.kind,
-            content_hash=body.content_hash,
-        ),
-    )
-    response.headers["Location"] = (
-        f"/v1/statements/{statement_id}/endorsements/{body.organisation_id}"
-    )
-    event = outcome.recorded[-1] if outcome.recorded else None
-    return {
-        "statement_id": str(statement_id),
-        "organisation_id": str(body.organisation_id),
-        "signatory_name": body.signatory_name,
-        "signatory_title": body.signatory_title,
-        "content_hash": event.data.get("content_hash") if event else None,
-        "position": outcome.position,
-        "version": outcome.version,
-        "receipt": receipt(statement_id, event, outcome.position) if event else None,
-    }
-
-
 def receipt(statement_id: UUID, event: Any, position: int | None) -> dict[str, Any]:
     """What an organisation keeps to prove later what it endorsed, and that the log still
     says so: the text's hash, the endorsement event's hash-chain link and its position."""
@@ -850,26 +873,3 @@ async def endorsement_receipt(
     if event_hash is not None:
         out["matches"] = intact and any(r.hash == event_hash for r in mine)
     return out
-
-
-@router.delete("/v1/statements/{statement_id}/endorsements/{organisation_id}", responses=ERRORS)
-async def withdraw_endorsement(
-    statement_id: UUID,
-    organisation_id: UUID,
-    request: Request,
-    response: Response,
-    system: SystemDep,
-    principal: Member,
-    body: Withdrawal | None = None,
-) -> dict[str, Any]:
-    """Withdraw an organisation's endorsement (it stays in the history)."""
-    ensure_acts_for(principal, organisation_id)
-    done = await _command(
-        system,
-        request,
-        response,
-        principal,
-        statement_id,
-        s.WithdrawEndorsement(statement_id, organisation_id, body.reason if body else None),
-    )
-    return await _answer(system, done, response)

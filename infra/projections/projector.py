@@ -13,7 +13,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 
@@ -160,6 +160,7 @@ class Projector:
                     self._saw(checkpoints)
                     return applied  # what is left is held for the commands
             reached: dict[str, int] = {}
+            changed: set[str] = set()
             with self.db.write() as conn:
                 current = self._lock_all(conn, due)
                 for name in due:
@@ -170,7 +171,10 @@ class Projector:
                         self.projections[name].apply(conn, tables[name], fresh)
                         reached[name] = fresh[-1].position or current[name]
                         applied += len(fresh)
-                self._save_all(conn, {n: p for n, p in reached.items() if p > current[n]})
+                        if changes(self.projections[name], fresh):
+                            changed.add(name)
+                moved = {n: p for n, p in reached.items() if p > current[n]}
+                self._save_all(conn, moved, changed)
             self._saw(reached)
             self._seen = max(self._seen, page[-1].position or 0)
             if until is not None and min({**checkpoints, **reached}.values()) >= until:
@@ -216,13 +220,26 @@ class Projector:
         for name, position in checkpoints.items():
             self._known[name] = max(self._known.get(name, 0), position)
 
-    def _save_all(self, conn: Connection, positions: dict[str, int]) -> None:
-        """Move several checkpoints in one statement (an upsert: a new projection's row too)."""
-        if not positions:
-            return
+    def _save_all(
+        self, conn: Connection, positions: dict[str, int], changed: Collection[str] = ()
+    ) -> None:
+        """Move several checkpoints (an upsert: a new projection's row too); those ``changed``
+        also say their rows changed there (``changed_position``, ``changed_at``)."""
         now = datetime.now(UTC)
-        rows = [{"name": n, "position": p, "updated_at": now} for n, p in positions.items()]
-        conn.execute(upsert(conn, projection_checkpoints, "name", ("position", "updated_at")), rows)
+        moved = [
+            {"name": n, "position": p, "updated_at": now}
+            for n, p in positions.items()
+            if n not in changed
+        ]
+        if moved:
+            conn.execute(upsert(conn, projection_checkpoints, "name", _MOVED), moved)
+        rows = [
+            {"name": n, "position": p, "updated_at": now, "changed_position": p, "changed_at": now}
+            for n, p in positions.items()
+            if n in changed
+        ]
+        if rows:
+            conn.execute(upsert(conn, projection_checkpoints, "name", _CHANGED), rows)
 
     def _lock_all(self, conn: Connection, names: list[str]) -> dict[str, int]:
         """Take every named projection's lock (in one fixed order: no deadlock) and return
@@ -258,7 +275,7 @@ class Projector:
                 return current, 0
             projection.apply(conn, tables, fresh)
             last = fresh[-1].position or current
-            self.save(conn, projection.name, last)
+            self.save(conn, projection.name, last, changed=changes(projection, fresh))
             return last, len(fresh)
 
     def wait_for(self, position: int, timeout_s: float, names: Sequence[str] | None = None) -> None:
@@ -289,8 +306,9 @@ class Projector:
         """Take the projection's lock for this transaction and return its checkpoint."""
         return self._lock_all(conn, [name])[name]
 
-    def save(self, conn: Connection, name: str, position: int) -> None:
-        self._save_all(conn, {name: position})
+    def save(self, conn: Connection, name: str, position: int, *, changed: bool = True) -> None:
+        """Move ``name``'s checkpoint; ``changed``: its rows changed too (a rebuild's did)."""
+        self._save_all(conn, {name: position}, {name} if changed else ())
 
     # -- running in the background ---------------------------------------------------------
 
@@ -331,6 +349,15 @@ class Projector:
                 stop.wait(1.0)
 
 
+def changes(projection: Projection, events: Sequence[RecordedEvent]) -> bool:
+    """Whether applying ``events`` may change the projection's rows: some are of a stream type
+    it reads (any event may, for one that does not say which it reads)."""
+    streams = getattr(projection, "streams", None)
+    return streams is None or any(e.stream_type in streams for e in events)
+
+
+_MOVED = ("position", "updated_at")
+_CHANGED = (*_MOVED, "changed_position", "changed_at")
 _CHECKPOINTS = text("SELECT name, position FROM projection_checkpoints")
 _CHECKPOINTS_OF = text(
     "SELECT name, position FROM projection_checkpoints WHERE name IN :names"

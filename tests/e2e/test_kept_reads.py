@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -23,7 +24,7 @@ from api.freshness import Freshness, View
 from api.main import create_app
 from api.routers import statements
 from infra.bootstrap import System, bootstrap
-from infra.freshness import Mark, current
+from infra.freshness import Mark, current, read_mark
 from infra.projections.rebuild import rebuild
 from services.statements.model import STATEMENT
 from tests.e2e.conftest import Keys
@@ -109,6 +110,31 @@ def test_the_status_follows_the_clock_in_a_kept_document(
     assert reads == [], "the kept document, with the status of the moment"
 
 
+def test_a_kept_document_outlives_writes_to_other_streams_but_not_its_own(
+    client: TestClient, other: TestClient, keys: Keys, system: System
+) -> None:
+    """Organisations being added elsewhere move the log and the consultations projection's
+    checkpoint, not its rows: the document stays kept. A registration is read afresh."""
+    url, organiser = planned(client, keys)
+    client.get(url)
+    reads = count_detail_reads(system)
+    for n in range(3):
+        org(other, keys.admin, f"Another organisation {n}")
+        system.projector.catch_up()  # every checkpoint past it, the consultations' too
+        assert client.get(url).status_code == 200
+    assert reads == [], "kept across writes to other streams"
+    r = other.post(
+        f"{url}/open-registration",
+        json={"closes_at": (datetime.now(UTC) + timedelta(days=1)).isoformat()},
+        headers=organiser,
+    )
+    assert r.status_code == 200, r.text
+    shown = client.get(url)
+    assert shown.json()["status"] == "registration_open"
+    assert shown.headers["etag"] == r.headers["etag"]
+    assert len(reads) == 1
+
+
 def test_a_rebuilt_projection_is_read_again(client: TestClient, keys: Keys, system: System) -> None:
     url, _ = planned(client, keys)
     client.get(url)
@@ -142,6 +168,29 @@ def test_an_endorsement_through_another_process_shows_in_the_next_page(
     assert page["total"] == 1
     assert page["data"][0]["signatory_name"] == "Ana Lopez"
     assert reads == [sid]
+
+
+def test_readers_waiting_on_a_moved_log_read_the_stream_once(
+    client: TestClient, keys: Keys, system: System, monkeypatch: Any
+) -> None:
+    """The log moved on (another stream): of the readers that then queue for the statement
+    together, the first reads what it may have missed and the others take its answer."""
+    sid = finalised(client, keys)
+    url = f"/v1/statements/{sid}/endorsements"
+    client.get(url, headers=keys.admin)
+    org(client, keys.organiser, "Somewhere else")
+    mark = read_mark(system.db, [])
+    reads = count_reads(system, monkeypatch)
+    start = threading.Barrier(8)
+
+    def read(_: int) -> int:
+        start.wait()
+        return system.lanes.load(STATEMENT, sid, seen=mark).version
+
+    with ThreadPoolExecutor(8) as pool:
+        versions = set(pool.map(read, range(8)))
+    assert len(versions) == 1
+    assert reads == [sid], "one reader caught the stream up; the rest took what it kept"
 
 
 def test_a_name_erased_through_another_process_is_gone_from_the_next_page(
