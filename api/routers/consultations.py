@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 from zoneinfo import ZoneInfo
 
+import orjson
 from fastapi import Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, HttpUrl
 from sqlalchemy import and_, false, func, not_, select
@@ -223,6 +224,9 @@ class Shown:
     doc: dict[str, Any]
     #: What the status is worked out from.
     probe: Consultation
+    #: The document rendered, by status (a kept document is read far more often than it
+    #: changes, and its status takes one of a handful of values).
+    rendered: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, doc: dict[str, Any]) -> Shown:
@@ -258,6 +262,14 @@ class Shown:
     def at(self, now: datetime) -> dict[str, Any]:
         """The document with its status at ``now``."""
         return {**self.doc, "status": status_at(self.probe, now)}
+
+    def response(self, now: datetime) -> Response:
+        """:meth:`at` as the JSON response, with its ``ETag`` (what ``tagged`` would send)."""
+        status = status_at(self.probe, now)
+        body = self.rendered.get(status)
+        if body is None:
+            body = self.rendered[status] = orjson.dumps({**self.doc, "status": status})
+        return Response(body, media_type="application/json", headers={"ETag": f'"{self.version}"'})
 
 
 def status_clause(status: str, now: datetime) -> Any:
@@ -422,7 +434,7 @@ async def get_consultation(
     system = system_of(request)
     if as_of is None:
         now = await shown(request, system, consultation_id)
-        return tagged(now.at(datetime.now(UTC)), now.version)
+        return now.response(datetime.now(UTC))
     position, when = parse_as_of(as_of)
 
     state, version, _ = await in_thread(
