@@ -146,10 +146,10 @@ async def current_principal(request: Request) -> Principal:
     Its only parameter is the request (no sub-dependencies to solve on every call): the rate
     limiter has authenticated it already, and the header is not part of any route's schema."""
     state = request.scope.setdefault("state", {})
-    known: Principal | None = state.get(_PRINCIPAL)
-    if known is not None:  # checked already (api/routing.py)
-        return known
     auth: Authentication | None = state.get("auth")
+    known: tuple[Authentication, Principal] | None = state.get(_PRINCIPAL)
+    if known is not None and auth is known[0]:  # checked already (api/routing.py)
+        return known[1]
     if auth is None:  # a route the rate limiter does not see (/metrics)
         system: System = request.app.state.system
         authorization = request.headers.get("authorization")
@@ -161,7 +161,9 @@ async def current_principal(request: Request) -> Principal:
     principal = Principal(auth.key)
     if auth.key is not None:
         structlog.contextvars.bind_contextvars(api_key=auth.key.prefix)
-    state[_PRINCIPAL] = principal
+    # With the authentication it came from: a read run again (api/middleware.py) is
+    # authenticated again, and is not answered with the first run's principal.
+    state[_PRINCIPAL] = (auth, principal)
     return principal
 
 
@@ -183,7 +185,7 @@ def system_of(request: Request) -> System:
 def principal_of(request: Request) -> Principal:
     """The caller, as the key check every /v1 route depends on (:func:`current_principal`)
     found it; see :func:`system_of`."""
-    principal: Principal = request.scope["state"][_PRINCIPAL]
+    principal: Principal = request.scope["state"][_PRINCIPAL][1]
     return principal
 
 

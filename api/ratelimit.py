@@ -6,8 +6,8 @@ Each request draws from one budget (infra/ratelimit.py; settings ``CONCORD_RATE_
 * anything else — no key, a malformed or mistyped key, an unknown or revoked one — the
   ``anonymous`` budget of the client's address (an IPv6 client's /64), so guessing keys is
   throttled like any other anonymous traffic. A bad key is answered 401 while the address has
-  budget left and 429 once it has none: the 401 check happens in the route's dependency, after
-  this middleware let the request through.
+  budget left and 429 once it has none: the 401 check happens in the route's handler, after
+  this middleware let the request through (api/routing.py).
 
 The key is looked up here, once (``scope["state"]["auth"]``, read by ``current_principal``): on
 the event loop when it was seen within ``CONCORD_KEY_CACHE_S``, else in a worker thread; the

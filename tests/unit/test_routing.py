@@ -100,3 +100,20 @@ def test_every_v1_route_checks_the_key_and_no_other_does(app: Any) -> None:
     # What a bad key gets on each route is in tests/e2e/test_authorization_matrix.py.
     for _, path, route in _requests(app):
         assert isinstance(route, KeyedRoute) == path.startswith("/v1/"), path
+
+
+def test_every_router_is_included_without_a_prefix_of_its_own(app: Any) -> None:
+    """The shortcut reads a router's routes' paths as the whole paths (api/routing.py): a
+    prefix given at inclusion would turn every request to it away."""
+
+    def included(routes: Iterable[BaseRoute]) -> Iterator[Any]:
+        for route in routes:
+            inner = getattr(route, "original_router", None)
+            if inner is not None:
+                yield route
+                yield from included(inner.routes)
+
+    entries = list(included(app.router.routes))
+    assert len(entries) >= 15
+    for entry in entries:
+        assert entry.include_context.prefix == "", entry.original_router.heads()
