@@ -61,7 +61,6 @@ class Router(APIRouter):
         if keyed:
             kwargs.setdefault("route_class", KeyedRoute)
         super().__init__(*args, **kwargs)
-        self.keyed = keyed
 
     shortcut = True  # False: FastAPI's own matching, for the test that compares the two
 

@@ -269,7 +269,9 @@ class Shown:
         body = self.rendered.get(status)
         if body is None:
             body = self.rendered[status] = orjson.dumps({**self.doc, "status": status})
-        return Response(body, media_type="application/json", headers={"ETag": f'"{self.version}"'})
+        response = Response(body, media_type="application/json")
+        etag(response, self.version)
+        return response
 
 
 def status_clause(status: str, now: datetime) -> Any:

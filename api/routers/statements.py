@@ -41,7 +41,7 @@ from infra.bootstrap import System
 from infra.documents.storage import MEDIA_TYPES, open_file
 from infra.eventstore.verify import verify_stream
 from infra.freshness import Mark
-from services.bus import Outcome
+from services.bus import Outcome, Snapshot
 from services.messages import Personal
 from services.people import person_id
 from services.registry import EVENTS
@@ -138,6 +138,11 @@ class Folded(NamedTuple):
     #: Views derived from this state, computed once (kept with the process's snapshot).
     memo: dict[str, Any]
 
+    @classmethod
+    def of(cls, snap: Snapshot[Statement]) -> Folded:
+        """The statement as the process's lanes keep it."""
+        return cls(snap.state, snap.version, snap.recorded_at, snap.memo)
+
 
 async def _fold(
     system: System,
@@ -152,20 +157,23 @@ async def _fold(
     with ``at_least``, any kept state at that version or later will do; with ``seen``, kept
     state that held the stream when the log was at that mark (api/freshness.py)."""
 
+    latest = position is None and when is None  # the statement as it stands, not as of then
+
     def fold() -> Folded:
-        if position is None and when is None:
-            snap = system.lanes.load(STATEMENT, statement_id, at_least=at_least, seen=seen)
-            return Folded(snap.state, snap.version, snap.recorded_at, snap.memo)
+        if latest:
+            return Folded.of(
+                system.lanes.load(STATEMENT, statement_id, at_least=at_least, seen=seen)
+            )
         records = system.store.read_stream(statement_id, until_position=position, until_time=when)
         state = STATEMENT.fold(EVENTS.decode_known(records))
         at = {r.version: r.recorded_at for r in records}
         return Folded(state, records[-1].version if records else 0, at.get, {})
 
-    kept = system.lanes.kept_at(STATEMENT, statement_id, seen) if seen is not None else None
-    if kept is not None and position is None and when is None:  # no thread needed
-        folded = Folded(kept.state, kept.version, kept.recorded_at, kept.memo)
-    else:
-        folded = await in_thread(fold)
+    # Kept and known current at ``seen``: no thread needed.
+    kept = (
+        system.lanes.kept_at(STATEMENT, statement_id, seen) if latest and seen is not None else None
+    )
+    folded = Folded.of(kept) if kept is not None else await in_thread(fold)
     if not folded.state.exists:
         raise ProblemError(
             404, "Not found", f"No statement {statement_id}.", type_="unknown-statement"

@@ -226,20 +226,15 @@ class Projector:
         """Move several checkpoints (an upsert: a new projection's row too); those ``changed``
         also say their rows changed there (``changed_position``, ``changed_at``)."""
         now = datetime.now(UTC)
-        moved = [
-            {"name": n, "position": p, "updated_at": now}
-            for n, p in positions.items()
-            if n not in changed
-        ]
-        if moved:
-            conn.execute(upsert(conn, projection_checkpoints, "name", _MOVED), moved)
-        rows = [
-            {"name": n, "position": p, "updated_at": now, "changed_position": p, "changed_at": now}
-            for n, p in positions.items()
-            if n in changed
-        ]
-        if rows:
-            conn.execute(upsert(conn, projection_checkpoints, "name", _CHANGED), rows)
+        rows: dict[tuple[str, ...], list[dict[str, object]]] = {_MOVED: [], _CHANGED: []}
+        for name, position in positions.items():
+            row: dict[str, object] = {"name": name, "position": position, "updated_at": now}
+            if name in changed:
+                row |= {"changed_position": position, "changed_at": now}
+            rows[_CHANGED if name in changed else _MOVED].append(row)
+        for columns, group in rows.items():
+            if group:  # one statement per set of columns
+                conn.execute(upsert(conn, projection_checkpoints, "name", columns), group)
 
     def _lock_all(self, conn: Connection, names: list[str]) -> dict[str, int]:
         """Take every named projection's lock (in one fixed order: no deadlock) and return

@@ -25,14 +25,18 @@ def app() -> Any:
     return create_app(cast(System, SimpleNamespace(settings=settings)), prepare=False)
 
 
-def _leaves(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
-    """Every route, inside included routers too (FastAPI keeps those as one entry each)."""
+def _walk(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """Every entry, inside included routers too (FastAPI keeps those as one entry each)."""
     for route in routes:
+        yield route
         inner = getattr(route, "original_router", None)
         if inner is not None:
-            yield from _leaves(inner.routes)
-        else:
-            yield route
+            yield from _walk(inner.routes)
+
+
+def _leaves(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """Every route, inside included routers too."""
+    return (r for r in _walk(routes) if not hasattr(r, "original_router"))
 
 
 def _requests(app: Any) -> list[tuple[str, str, BaseRoute]]:
@@ -105,15 +109,7 @@ def test_every_v1_route_checks_the_key_and_no_other_does(app: Any) -> None:
 def test_every_router_is_included_without_a_prefix_of_its_own(app: Any) -> None:
     """The shortcut reads a router's routes' paths as the whole paths (api/routing.py): a
     prefix given at inclusion would turn every request to it away."""
-
-    def included(routes: Iterable[BaseRoute]) -> Iterator[Any]:
-        for route in routes:
-            inner = getattr(route, "original_router", None)
-            if inner is not None:
-                yield route
-                yield from included(inner.routes)
-
-    entries = list(included(app.router.routes))
+    entries: list[Any] = [r for r in _walk(app.router.routes) if hasattr(r, "original_router")]
     assert len(entries) >= 15
     for entry in entries:
         assert entry.include_context.prefix == "", entry.original_router.heads()
