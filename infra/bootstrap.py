@@ -97,7 +97,7 @@ class SystemClock:
 
 def bootstrap(settings: Settings | None = None) -> System:
     settings = settings or get_settings()
-    db = Database(settings.database_url)
+    db = Database.configured(settings)
     events = registry()
     keyring = Keyring(db)
     store = SqlEventStore(

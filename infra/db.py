@@ -11,13 +11,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
 
 # The statements below are built once per (back end, table, columns) and shared: a statement
 # is immutable (every method makes a new one), and one built once also keeps its SQLAlchemy
@@ -67,7 +70,9 @@ def _json_dumps(value: Any) -> str:
 class Database:
     """One engine plus the three ways the code uses it: read, write, autocommit."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, max_overflow: int | None = None, echo: bool = False
+    ) -> None:
         self.url = make_url(url)
         self.dialect = self.url.get_backend_name()
         kwargs: dict[str, Any] = {
@@ -91,10 +96,22 @@ class Database:
             # connection fails the one request using it (503, api/problems.py) and is then
             # invalidated together with the rest of the pool (SQLAlchemy's disconnect handling;
             # infra/eventstore/store.py's driver path does the same).
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+            # ``pool_size`` connections stay open once opened; a burst past them opens up to
+            # ``max_overflow`` more (default: as many again) and closes them on return.
+            overflow = pool_size if max_overflow is None else max_overflow
+            kwargs.update(pool_size=pool_size, max_overflow=overflow, pool_recycle=1800)
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine)
+
+    @classmethod
+    def configured(cls, settings: Settings) -> Database:
+        """The database ``settings`` name, with their pool sizes."""
+        return cls(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+        )
 
     @property
     def is_sqlite(self) -> bool:

@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     webhook_disable_after_s: float = Field(
         default=5 * 86_400.0, alias="CONCORD_WEBHOOK_DISABLE_AFTER"
     )
+    #: PostgreSQL connections a process keeps open once it has needed them, and how many
+    #: more it may open for a burst (closed again when returned). Opening one costs the
+    #: server a new backend (a fork, authentication, cold catalog caches), so the kept number
+    #: covers an API process's peak: up to its 40 worker threads plus the event loop's reads.
+    #: Size PostgreSQL's ``max_connections`` for (size + overflow) x processes.
+    db_pool_size: int = Field(default=30, ge=1, alias="CONCORD_DB_POOL_SIZE")
+    db_max_overflow: int = Field(default=10, ge=0, alias="CONCORD_DB_MAX_OVERFLOW")
     #: How long a writer waits for its events to receive global positions.
     sequence_timeout_s: float = Field(default=10.0, alias="CONCORD_SEQUENCE_TIMEOUT")
     #: Largest request body the API accepts, in bytes.

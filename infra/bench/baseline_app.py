@@ -8,7 +8,6 @@ durable command here. ``GET /health`` answers without touching anything.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 from uuid import uuid4
 
@@ -17,6 +16,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from infra.db import Database
+from infra.settings import Settings
 
 TABLE = "bench_baseline_commands"
 CREATE = (
@@ -27,7 +27,8 @@ INSERT = text(f"INSERT INTO {TABLE} (id, body, created_at) VALUES (:id, :body, C
 
 
 def create_app() -> FastAPI:
-    db = Database(os.environ["DATABASE_URL"])
+    # The API's own pool sizes (CONCORD_DB_POOL_SIZE, CONCORD_DB_MAX_OVERFLOW).
+    db = Database.configured(Settings())
     app = FastAPI(openapi_url=None)
 
     @app.post("/insert", status_code=201)
