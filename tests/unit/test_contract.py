@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
@@ -196,7 +195,7 @@ def test_schemas_mark_personal_fields_and_validate_real_payloads() -> None:
     assert not check.is_valid({**good["data"], "statement_id": "not-a-uuid"})
     # An erased person's data is null (the marker says erased, the store opened nothing).
     erased = {**raw, "signatory_name": {"$personal": {"subject": str(uuid4()), "erased": True}}}
-    shown = contract.public_event(replace(recorded(endorsed()), data=erased))
+    shown = contract.public_event(recorded(endorsed())._replace(data=erased))
     assert shown is not None and shown["data"]["signatory_name"] is None
     check.validate(shown["data"])
     # Additional fields are a compatible change: allowed.
