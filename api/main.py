@@ -28,6 +28,7 @@ from api.routers import (
 from infra.bootstrap import System, bootstrap
 from infra.integration import live
 from infra.logging import configure as configure_logging
+from infra.metrics import count_connections
 from infra.runtime import tune_process
 from infra.settings import get_settings
 
@@ -59,6 +60,7 @@ def create_app(
         own = system is None
         running = system or bootstrap(settings)
         app.state.system = running
+        count_connections(running.db)  # concord_db_connections_opened_total
         # FastAPI prepares each route (its dependencies, pydantic adapters) the first time a
         # request is matched against its router: about a second of CPU per process, which the
         # first requests would otherwise wait for. The OpenAPI document walks every route.

@@ -44,7 +44,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import func, or_, select
+from sqlalchemy import event, func, or_, select
 
 from infra.db import Database
 from infra.queue import broker_urls
@@ -96,6 +96,30 @@ RATE_LIMIT_FALLBACKS = Counter(
     "Rate-limit decisions taken in this process because Redis could not be reached.",
     registry=None,
 )
+
+
+#: Connections this service's processes opened to the database. The pool keeps the ones a
+#: burst opened (``CONCORD_DB_POOL_SIZE``): a count that keeps climbing under steady load
+#: means the pool is too small, and every request past it costs the server a new backend.
+DB_CONNECTIONS_OPENED = Counter(
+    "concord_db_connections_opened",
+    "Database connections opened (a steady climb under load: raise CONCORD_DB_POOL_SIZE).",
+    registry=None,
+)
+
+
+def count_db_connection(*_: object) -> None:
+    """Count one connection opened (a SQLAlchemy ``connect`` pool event listener)."""
+    try:
+        DB_CONNECTIONS_OPENED.inc()
+    except OSError as exc:
+        log.warning("connection not counted", error=repr(exc))
+
+
+def count_connections(db: Database) -> None:
+    """Count every connection ``db`` opens from now on (once, however often it is called)."""
+    if not event.contains(db.engine, "connect", count_db_connection):
+        event.listen(db.engine, "connect", count_db_connection)
 
 
 def count_rate_limited(policy: str) -> None:
@@ -419,7 +443,7 @@ def registry(db: Database, settings: Settings, projections: Sequence[str]) -> Co
         multiproc_dir.mkdir(parents=True, exist_ok=True)
         MultiProcessCollector(reg, path=os.fspath(multiproc_dir))  # type: ignore[no-untyped-call]
     else:
-        for counter in (COMMANDS, RATE_LIMITED, RATE_LIMIT_FALLBACKS):
+        for counter in (COMMANDS, RATE_LIMITED, RATE_LIMIT_FALLBACKS, DB_CONNECTIONS_OPENED):
             reg.register(counter)
     reg.register(SystemCollector(db, settings, projections))
     return reg

@@ -467,3 +467,15 @@ def test_failed_webhook_attempts_are_counted(
     samples = scrape(client, admin)
     assert samples.value("concord_deliveries_failed_total", channel="webhook") == 3
     assert samples.named("concord_webhook_deliveries") == {frozenset({("status", "pending")}): 1}
+
+
+def test_connections_opened_are_counted(client: TestClient, admin: dict, system: System) -> None:
+    def opened() -> float:
+        return scrape(client, admin).value("concord_db_connections_opened_total") or 0.0
+
+    opened()  # a scrape reads the database after it has rendered the counts
+    before = opened()
+    assert opened() == before  # a connection the pool kept is not opened again
+    system.db.engine.dispose()  # the pool lets its connections go: the next use opens one
+    opened()
+    assert opened() >= before + 1
