@@ -141,7 +141,14 @@ _ATTEMPT_COLUMNS = (
     "response_body",
 )  # fmt: skip
 # PostgreSQL: a success recorded in one statement (one round trip, its own transaction): the
-# delivery, if the claim still holds, and its attempt.
+# delivery, if the claim still holds, and its attempt. Its commit does not wait for the WAL
+# flush (``synchronous_commit`` off for this transaction alone, set in the statement): a
+# success lost with a crash of the database server itself — not of the worker, whose commits
+# the server already has — only means that delivery is sent again, which webhooks allow (at
+# least once; receivers deduplicate by ``webhook-id``). The flush was a third of a delivery.
+_LAZY_COMMIT = select(func.set_config("synchronous_commit", "off", True).label("setting")).cte(
+    "lazy_commit"
+)
 _DELIVERED_ROW = (
     update(_D)
     .where(_D.c.id == bindparam("b_id"), _D.c.claim_token == bindparam("b_token"))
@@ -168,6 +175,8 @@ _DELIVERED = (
                 bindparam(f"b_{name}", type_=webhook_attempts.c[name].type)
                 for name in _ATTEMPT_COLUMNS[1:]
             ),
+        ).select_from(  # joined, so it runs
+            _DELIVERED_ROW.join(_LAZY_COMMIT, _LAZY_COMMIT.c.setting == "off")
         ),
     )
     .returning(webhook_attempts.c.delivery_id)

@@ -17,16 +17,17 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from infra.bootstrap import System
 from infra.mail.transport import Smtp
 from infra.projections.projector import Projector
 from infra.reminders import Reminders
 from infra.settings import Settings
-from infra.webhooks.delivery import Deliverer
+from infra.webhooks.delivery import _DELIVERED, Deliverer, _attempt_values
 from infra.webhooks.guard import AllowList
 from infra.webhooks.relay import WebhookRelay
+from infra.webhooks.sender import Answer
 from infra.webhooks.subscriptions import Subscription, Subscriptions, subscriptions
 from infra.webhooks.tables import webhook_attempts, webhook_deliveries
 from services.organisations.commands import RegisterOrganisation
@@ -177,6 +178,40 @@ def test_each_event_arrives_once_signed_and_parsed_in_position_order(rig: Rig) -
     assert rig.nudges == [{"task": "webhooks.deliver", "subscription_id": str(sub.id)}]
     assert rig.run(sub) == 0, "nothing is sent twice"
     assert len(rig.receiver.received) == 5
+
+
+@pytest.mark.postgres
+def test_a_success_is_recorded_without_waiting_for_the_flush_and_only_in_its_transaction(
+    rig: Rig,
+) -> None:
+    """The success statement turns ``synchronous_commit`` off for its own transaction (its
+    commit does not wait for the WAL flush: a success lost with the database server only
+    means that delivery is sent again), and for nothing else the pooled connection runs."""
+    if not rig.system.db.is_postgres:
+        pytest.skip("PostgreSQL's synchronous_commit")
+    sub = rig.subscribe()
+    rig.publish(1)
+    rig.relay.catch_up()
+    (claim,) = rig.deliverer.claims(sub.id)
+    now = datetime.now(UTC)
+    answer = Answer(204, {}, b"", None, 3)
+    values = _attempt_values(claim.delivery_id, claim.attempt, claim.round, now, answer)
+    with rig.system.db.write() as conn:
+        assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
+        done = conn.execute(
+            _DELIVERED,
+            {
+                "b_id": claim.delivery_id,
+                "b_token": claim.token,
+                "b_now": now,
+                **{f"b_{k}": v for k, v in values.items() if k != "delivery_id"},
+            },
+        )
+        assert done.scalar() == claim.delivery_id
+        assert conn.execute(text("SHOW synchronous_commit")).scalar() == "off"
+    with rig.system.db.read() as conn:
+        assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
+    assert [(r.status, r.attempts) for r in rig.deliveries(sub)] == [("delivered", 1)]
 
 
 def test_event_type_filters_choose_what_is_delivered(rig: Rig) -> None:
