@@ -633,18 +633,7 @@ class Deliverer:
         (then the queue moves on to them)."""
         if delivered and not lost and claim.failing_since is None and self.db.is_postgres:
             with self.db.autocommit() as conn:
-                values = _attempt_values(
-                    claim.delivery_id, claim.attempt, claim.round, started, answer
-                )
-                done = conn.execute(
-                    _DELIVERED,
-                    {
-                        "b_id": claim.delivery_id,
-                        "b_token": claim.token,
-                        "b_now": now,
-                        **{f"b_{k}": v for k, v in values.items() if k != "delivery_id"},
-                    },
-                )
+                done = conn.execute(_DELIVERED, delivered_params(claim, answer, started, now))
                 if done.first() is not None:
                     return True
             lost = True  # not ours any more: log the attempt below, if the delivery exists
@@ -700,6 +689,19 @@ class Deliverer:
                 .values(**changes, updated_at=now)
             )
         return True
+
+
+def delivered_params(
+    claim: Claim, answer: Answer, started: datetime, now: datetime
+) -> dict[str, Any]:
+    """The parameters of the one-statement success record (``_DELIVERED``)."""
+    values = _attempt_values(claim.delivery_id, claim.attempt, claim.round, started, answer)
+    return {
+        "b_id": claim.delivery_id,
+        "b_token": claim.token,
+        "b_now": now,
+        **{f"b_{k}": v for k, v in values.items() if k != "delivery_id"},
+    }
 
 
 def _attempt_values(

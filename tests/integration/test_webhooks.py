@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -24,7 +25,7 @@ from infra.mail.transport import Smtp
 from infra.projections.projector import Projector
 from infra.reminders import Reminders
 from infra.settings import Settings
-from infra.webhooks.delivery import _DELIVERED, Deliverer, _attempt_values
+from infra.webhooks.delivery import _DELIVERED, Deliverer, delivered_params
 from infra.webhooks.guard import AllowList
 from infra.webhooks.relay import WebhookRelay
 from infra.webhooks.sender import Answer
@@ -150,11 +151,25 @@ class Rig:
         return when
 
 
-@pytest.fixture
-def rig(system: System) -> Iterator[Rig]:
+@contextmanager
+def _rigged(system: System) -> Iterator[Rig]:
     with Receiver() as receiver:
         yield Rig(system, receiver)
         assert receiver.problems == [], receiver.problems
+
+
+@pytest.fixture
+def rig(system: System) -> Iterator[Rig]:
+    with _rigged(system) as rigged:
+        yield rigged
+
+
+@pytest.fixture
+def pg_rig(pg_system: System) -> Iterator[Rig]:
+    """A rig on PostgreSQL only, with the loopback receiver allowed as in ``settings``."""
+    allowed = {"webhook_allow_hosts": "127.0.0.1", "webhook_timeout_s": TIMEOUT_S}
+    with _rigged(replace(pg_system, settings=pg_system.settings.model_copy(update=allowed))) as r:
+        yield r
 
 
 # -- delivering ---------------------------------------------------------------------------------
@@ -182,37 +197,21 @@ def test_each_event_arrives_once_signed_and_parsed_in_position_order(rig: Rig) -
 
 @pytest.mark.postgres
 def test_a_success_is_recorded_without_waiting_for_the_flush_and_only_in_its_transaction(
-    pg_system: System,
+    pg_rig: Rig,
 ) -> None:
     """The success statement turns ``synchronous_commit`` off for its own transaction (its
     commit does not wait for the WAL flush: a success lost with the database server only
     means that delivery is sent again), and for nothing else the pooled connection runs."""
-    allowed = {"webhook_allow_hosts": "127.0.0.1", "webhook_timeout_s": TIMEOUT_S}
-    system = replace(pg_system, settings=pg_system.settings.model_copy(update=allowed))
-    with Receiver() as receiver:
-        _success_commits_lazily(Rig(system, receiver))
-        assert receiver.problems == [], receiver.problems
-
-
-def _success_commits_lazily(rig: Rig) -> None:
+    rig = pg_rig
     sub = rig.subscribe()
     rig.publish(1)
     rig.relay.catch_up()
     (claim,) = rig.deliverer.claims(sub.id)
     now = datetime.now(UTC)
     answer = Answer(204, {}, b"", None, 3)
-    values = _attempt_values(claim.delivery_id, claim.attempt, claim.round, now, answer)
     with rig.system.db.write() as conn:
         assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
-        done = conn.execute(
-            _DELIVERED,
-            {
-                "b_id": claim.delivery_id,
-                "b_token": claim.token,
-                "b_now": now,
-                **{f"b_{k}": v for k, v in values.items() if k != "delivery_id"},
-            },
-        )
+        done = conn.execute(_DELIVERED, delivered_params(claim, answer, now, now))
         assert done.scalar() == claim.delivery_id
         assert conn.execute(text("SHOW synchronous_commit")).scalar() == "off"
     with rig.system.db.read() as conn:
