@@ -1,6 +1,6 @@
 """The connection pool keeps what a burst of requests opened: a new PostgreSQL connection is a
 new server backend (a fork, authentication, cold caches), and an API process under load that
-closed and reopened them spent a third of its requests on that (``CONCORD_DB_POOL_SIZE``)."""
+closed and reopened them opened one for about every third request (``CONCORD_DB_POOL_SIZE``)."""
 
 from __future__ import annotations
 
