@@ -40,10 +40,23 @@ def mail_link(served: Served, address: str, *, besides: str = "", within: float 
                 found = LINK.search(message.get_body(("plain",)).get_content())
                 assert found, "the invitation e-mail carries the link"
                 if found.group(1) != besides:
+                    _wait_recorded(served, str(message["Message-ID"]), deadline)
                     return found.group(1)
                 break
         time.sleep(0.2)
     raise AssertionError(f"no invitation mail to {address}; log: {served.log.read_text()[-2000:]}")
+
+
+def _wait_recorded(served: Served, message_id: str, deadline: float) -> None:
+    """Until the worker has recorded the mail as sent (``reminder.sent``, appended just after
+    the SMTP server took it): a test that then watches the log sees only what it causes."""
+    wanted = message_id.strip("<>")
+    while time.monotonic() < deadline:
+        sent = served.system.store.read_all(0, 10_000, types=["reminder.sent"], payload=True)
+        if any(str(e.data.get("message_id", "")).strip("<>") == wanted for e in sent):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the mail {message_id} was never recorded as sent")
 
 
 def invitation_status(client: httpx.Client, served: Served, sid: str, iid: str) -> str:
