@@ -25,7 +25,7 @@ from infra.mail.transport import Smtp
 from infra.projections.projector import Projector
 from infra.reminders import Reminders
 from infra.settings import Settings
-from infra.webhooks.delivery import _DELIVERED, Deliverer, delivered_params
+from infra.webhooks.delivery import Deliverer, record_delivered
 from infra.webhooks.guard import AllowList
 from infra.webhooks.relay import WebhookRelay
 from infra.webhooks.sender import Answer
@@ -211,8 +211,7 @@ def test_a_success_is_recorded_without_waiting_for_the_flush_and_only_in_its_tra
     answer = Answer(204, {}, b"", None, 3)
     with rig.system.db.write() as conn:
         assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
-        done = conn.execute(_DELIVERED, delivered_params(claim, answer, now, now))
-        assert done.scalar() == claim.delivery_id
+        assert record_delivered(conn, claim, answer, now, now)
         assert conn.execute(text("SHOW synchronous_commit")).scalar() == "off"
     with rig.system.db.read() as conn:
         assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
