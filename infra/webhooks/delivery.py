@@ -11,14 +11,17 @@ Crash safety. Due times and claims live in the delivery table, never in the brok
 * a claim (``sending`` with ``claimed_until``) is taken by a compare-and-set, so two workers
   never send the same delivery at once while the claim holds;
 * the head and up to :data:`BATCH` due deliveries behind it are claimed together (one token,
-  twice the lease); they are sent in order and each is recorded before the next is sent, so
-  of a dead worker's batch only the first it still holds can have been in flight: the rest
-  are taken over without an interrupted attempt. A stop (a failure, a lost claim, too little
-  lease left) gives the unsent ones back as they were;
+  twice the lease) and sent in order. On PostgreSQL successes are recorded in groups: at most
+  :data:`RECORD_EVERY` of them, and the group is recorded before the next send once its
+  oldest is :data:`RECORD_WITHIN_S` old, or at once when anything else happens (a failure, the
+  end of the batch, too little lease left). So of a dead worker's batch, only the first
+  :data:`RECORD_EVERY` it still holds can have been sent (the successes of the group not yet
+  recorded, and the one in flight); the rest are taken over without an attempt. A stop (a
+  failure, a lost claim, too little lease left) gives the unsent ones back as they were;
 * the outcome is recorded only by the claim's holder (its token), together with the attempt;
-* a worker killed mid-attempt leaves its claim to expire; the scheduler's scan then finds the
-  delivery due again and another run sends it once more (same ``webhook-id``: at-least-once),
-  logging the lost attempt as interrupted.
+* a worker killed mid-batch leaves its claims to expire; the scheduler's scan then finds the
+  deliveries due again and another run sends those that may have gone out once more (same
+  ``webhook-id``: at-least-once), logging each lost attempt as interrupted.
 
 Giving up a delivery and disabling an endpoint are recorded in the log first (idempotently,
 keyed by delivery, round and attempt), then in the tables: a crash in between repeats the
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import random as _random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -41,7 +44,6 @@ import orjson
 import structlog
 from sqlalchemy import (
     Connection,
-    Dialect,
     Integer,
     and_,
     bindparam,
@@ -88,7 +90,13 @@ KEPT_BODY = 2000
 #: Events read at once for a run's next deliveries.
 EVENTS_PER_READ = 100
 #: Deliveries of one subscription claimed at once (one transaction for the lot).
-BATCH = 20
+BATCH = 100
+#: Successes recorded in one statement at most: a worker killed mid-batch may have sent this
+#: many unrecorded (the group and the one in flight), which the next worker sends again.
+RECORD_EVERY = 20
+#: A group of successes is recorded before the next send once its oldest is this old, so a
+#: slow endpoint's successes are recorded one by one, as they come.
+RECORD_WITHIN_S = 0.25
 
 
 # The hot path's statements, built once (building and keying a statement per call cost more
@@ -137,51 +145,42 @@ _RELEASE = (
     )
 )
 _ATTEMPT = webhook_attempts.insert()
-_ATTEMPT_COLUMNS = (
-    "delivery_id", "number", "round", "started_at", "duration_ms", "status_code", "error",
-    "response_body",
-)  # fmt: skip
-# PostgreSQL: a success recorded in one statement (one round trip, its own transaction): the
-# delivery, if the claim still holds, and its attempt. Its commit does not wait for the WAL
-# flush (``synchronous_commit`` off for this transaction alone, set in the statement): a
-# success lost with a crash of the database server itself — not of the worker, whose commits
-# the server already has — only means that delivery is sent again, which webhooks allow (at
-# least once; receivers deduplicate by ``webhook-id``). The flush was a third of a delivery.
-_LAZY_COMMIT = select(func.set_config("synchronous_commit", "off", True).label("setting")).cte(
-    "lazy_commit"
-)
-_DELIVERED_ROW = (
-    update(_D)
-    .where(_D.c.id == bindparam("b_id"), _D.c.claim_token == bindparam("b_token"))
-    .values(
-        status="delivered",
-        claim_token=None,
-        claimed_until=None,
-        next_attempt_at=None,
-        last_status_code=bindparam("b_status_code", type_=_D.c.last_status_code.type),
-        last_error=None,
-        updated_at=bindparam("b_now", type_=_D.c.updated_at.type),
-        delivered_at=bindparam("b_now", type_=_D.c.delivered_at.type),
+# PostgreSQL: a group of successes recorded in one statement (one round trip, its own
+# transaction): each delivery whose claim still holds, and its attempt; the ids of those
+# recorded come back. Its commit does not wait for the WAL flush (``synchronous_commit`` off
+# for this transaction alone, set in the statement): a success lost with a crash of the
+# database server itself — not of the worker, whose commits the server already has — only
+# means that delivery is sent again, which webhooks allow (at least once; receivers
+# deduplicate by ``webhook-id``). The flush was a third of a delivery; one statement per
+# success was a third of the worker's CPU per delivery.
+_DELIVERED = """
+    WITH lazy_commit AS (
+        SELECT set_config('synchronous_commit', 'off', true) AS setting
+    ), done AS (
+        SELECT * FROM unnest(%(id)s::uuid[], %(token)s::uuid[], %(status_code)s::integer[],
+                             %(now)s::timestamptz[], %(number)s::integer[], %(round)s::integer[],
+                             %(started_at)s::timestamptz[], %(duration_ms)s::integer[],
+                             %(error)s::text[], %(response_body)s::text[])
+            AS t(id, token, status_code, now, number, round, started_at, duration_ms, error,
+                 response_body)
+    ), delivered AS (
+        UPDATE webhook_deliveries AS d
+           SET status = 'delivered', claim_token = NULL, claimed_until = NULL,
+               next_attempt_at = NULL, last_status_code = done.status_code, last_error = NULL,
+               updated_at = done.now, delivered_at = done.now
+          FROM done
+         WHERE d.id = done.id AND d.claim_token = done.token
+        RETURNING d.id
     )
-    .returning(_D.c.id)
-    .cte("delivered")
-)
-_DELIVERED = (
-    webhook_attempts.insert()
-    .from_select(
-        list(_ATTEMPT_COLUMNS),
-        select(
-            _DELIVERED_ROW.c.id,
-            *(
-                bindparam(f"b_{name}", type_=webhook_attempts.c[name].type)
-                for name in _ATTEMPT_COLUMNS[1:]
-            ),
-        ).select_from(  # joined, so it runs
-            _DELIVERED_ROW.join(_LAZY_COMMIT, _LAZY_COMMIT.c.setting == "off")
-        ),
-    )
-    .returning(webhook_attempts.c.delivery_id)
-)
+    INSERT INTO webhook_attempts (delivery_id, number, round, started_at, duration_ms,
+                                  status_code, error, response_body)
+    SELECT done.id, done.number, done.round, done.started_at, done.duration_ms,
+           done.status_code, done.error, done.response_body
+      FROM done
+      JOIN delivered ON delivered.id = done.id
+      JOIN lazy_commit ON lazy_commit.setting = 'off'  -- joined, so it runs
+    RETURNING delivery_id
+"""
 
 
 @cache
@@ -192,6 +191,12 @@ def _outcome(columns: frozenset[str]) -> Any:
         .where(_D.c.id == bindparam("b_id"), _D.c.claim_token == bindparam("b_token"))
         .values({c: bindparam(f"v_{c}", type_=_D.c[c].type) for c in sorted(columns)})
     )
+
+
+#: What an attempt a worker never recorded is logged as.
+_INTERRUPTED = Answer(
+    None, {}, b"", "interrupted: the worker stopped before recording it (it may have been sent)", 0
+)
 
 
 def utcnow() -> datetime:
@@ -215,6 +220,19 @@ class Claim:
     failing_since: datetime | None
     #: When the claim runs out (every claim of one batch shares it, and its token).
     until: datetime
+
+
+@dataclass(frozen=True)
+class Success:
+    """A delivery sent and answered with a 2xx, waiting to be recorded with others."""
+
+    claim: Claim
+    answer: Answer
+    started: datetime
+    now: datetime
+    #: When it was sent (monotonic): a group is recorded before the next send once its
+    #: oldest went out :data:`RECORD_WITHIN_S` ago (a slow endpoint's: each before the next).
+    sent: float
 
 
 class Deliverer:
@@ -305,11 +323,10 @@ class Deliverer:
         is due or ``budget`` deliveries are done; returns how many were finished.
 
         The queue's head and up to :data:`BATCH` due deliveries behind it are claimed at once,
-        then sent one by one, each recorded before the next is sent (so a worker killed
-        mid-batch has sent at most the one in flight unrecorded); what a stop leaves unsent
-        is released. A run that used its whole budget asks for the next run at once
-        (``requeue``), behind the other subscriptions' runs already queued, instead of
-        leaving the rest of a burst to the scheduler's scan.
+        then sent one by one, their successes recorded in groups (see the module's
+        docstring); what a stop leaves unsent is released. A run that used its whole budget
+        asks for the next run at once (``requeue``), behind the other subscriptions' runs
+        already queued, instead of leaving the rest of a burst to the scheduler's scan.
         """
         self.catch_up()
         finished = 0
@@ -335,17 +352,85 @@ class Deliverer:
         return finished
 
     def _send_batch(self, batch: list[Claim]) -> int:
-        """Send a batch's claims in order, recording each; how many moved the queue on (all
-        of them unless something stopped it: then the rest are released)."""
+        """Send a batch's claims in order, recording their outcomes; how many moved the queue
+        on (all of them unless something stopped it: then the rest are released)."""
+        group: list[Success] = []  # sent and answered 2xx, not recorded yet
+        moved = 0
+
+        def record_group() -> bool:
+            nonlocal moved
+            held = self._record_successes(group)
+            moved += held
+            complete = held == len(group)
+            group.clear()
+            return complete
+
         for i, claim in enumerate(batch):
+            due = bool(group) and time.monotonic() - group[0].sent >= RECORD_WITHIN_S
+            if due and not record_group():
+                self._release(batch[i:])
+                return moved
             if i and claim.until - self.clock() < self.lease:
                 # Not enough of the claim left for another attempt: give the rest back (the
                 # run claims them afresh).
+                record_group()
                 self._release(batch[i:])
-                return i
-            if not self._attempt(claim, unsent=batch[i + 1 :]):
-                return i
-        return len(batch)
+                return moved
+            started, sent = self.clock(), time.monotonic()
+            answer = self._answer(claim)
+            if self._groups(claim, answer):
+                group.append(Success(claim, answer, started, self.clock(), sent))
+                if len(group) >= RECORD_EVERY and not record_group():
+                    self._release(batch[i + 1 :])
+                    return moved
+                continue
+            complete = record_group()  # in order: what came before is recorded first
+            if not self._record(claim, answer, started, unsent=batch[i + 1 :]):
+                return moved  # it gave back the rest
+            moved += 1
+            if not complete:
+                self._release(batch[i + 1 :])
+                return moved
+        record_group()
+        return moved
+
+    def _groups(self, claim: Claim, answer: Answer) -> bool:
+        """Whether this outcome is a success recorded with others: on PostgreSQL, unless the
+        endpoint was failing (recording its success also clears that, in the same
+        transaction)."""
+        return (
+            self.db.is_postgres
+            and claim.failing_since is None
+            and policy.verdict(answer.status_code) is policy.Verdict.DELIVERED
+        )
+
+    def _record_successes(self, group: list[Success]) -> int:
+        """Record a group of successes in one statement; how many of their claims still held
+        (the others' attempts are logged as a lost claim's are)."""
+        if not group:
+            return 0
+        with self.db.autocommit() as conn:
+            held = record_delivered(conn, group)
+        for success in group:
+            claim = success.claim
+            if claim.delivery_id not in held:
+                self._finish(
+                    claim,
+                    success.answer,
+                    success.started,
+                    success.now,
+                    delivered=True,
+                    lost=True,
+                    unsent=[],
+                )
+            log.info(
+                "webhook delivered",
+                subscription_id=str(claim.subscription_id),
+                position=claim.position,
+                status=success.answer.status_code,
+                recorded=claim.delivery_id in held,
+            )
+        return len(held)
 
     def claim(self, subscription_id: UUID) -> Claim | None:
         """Take the subscription's head delivery if it is due and nobody holds it."""
@@ -367,26 +452,24 @@ class Deliverer:
             return []  # a revoked key's subscriptions wait (an admin may delete them)
         rows = conn.execute(_HEADS, {"b_sub": subscription_id}).all()[:limit]
         # The due run from the head: pending and due, or held by a claim that expired.
-        # ``added``: 1 for an attempt now, 0 for a delivery an expired batch claimed behind
-        # one still held by it (never sent: its holder sends in order and records each
-        # before the next, so only the first it still holds can have been in flight).
+        # ``added``: 1 for an attempt now, 0 for a delivery an expired batch claimed too far
+        # behind the first it still holds to have been sent: its holder sends in order and
+        # leaves at most RECORD_EVERY sent and unrecorded (the ones before are recorded).
         taking: list[tuple[Any, int]] = []
-        for i, row in enumerate(rows):
+        held_by, held = None, 0  # the expired claim of the rows just before, and how many
+        for row in rows:
             if row.status == "pending":
                 if row.next_attempt_at is None or row.next_attempt_at > now:
                     break
                 taking.append((row, 1))
+                held_by, held = None, 0
                 continue
             if row.claimed_until is not None and row.claimed_until > now:
                 break
-            before = rows[i - 1] if i else None
-            untried = (
-                before is not None
-                and before.status == "sending"
-                and row.claim_token is not None
-                and before.claim_token == row.claim_token
-            )
-            taking.append((row, 0 if untried else 1))
+            if row.claim_token is None or row.claim_token != held_by:
+                held_by, held = row.claim_token, 0
+            held += 1
+            taking.append((row, 1 if held <= RECORD_EVERY else 0))
         if not taking:
             return []
         token = uuid4()
@@ -426,15 +509,9 @@ class Deliverer:
         claims = []
         for row, added in ours:
             if row.status == "sending" and added:
-                # The worker that held it stopped mid-attempt (killed, or lost its database).
-                _log_attempt(
-                    conn,
-                    row.id,
-                    row.attempts,
-                    row.round,
-                    row.updated_at,
-                    Answer(None, {}, b"", "interrupted: the worker stopped mid-attempt", 0),
-                )
+                # The worker that held it stopped (killed, or lost its database) before it
+                # recorded an outcome: it may have been sent, or been in flight.
+                _log_attempt(conn, row.id, row.attempts, row.round, row.updated_at, _INTERRUPTED)
             claims.append(
                 Claim(
                     delivery_id=row.id,
@@ -470,16 +547,16 @@ class Deliverer:
         endpoint was disabled)."""
         return self._attempt(claim)
 
-    def _attempt(self, claim: Claim, *, unsent: list[Claim] | None = None) -> bool:
-        """:meth:`attempt`; ``unsent``: the claims of its batch behind it, released if the
-        queue stops here."""
+    def _attempt(self, claim: Claim) -> bool:
         started = self.clock()
+        return self._record(claim, self._answer(claim), started)
+
+    def _answer(self, claim: Claim) -> Answer:
+        """Send the claimed delivery's event (or say why it cannot be sent)."""
         event = self._event(claim)
         if event is None:
-            answer = Answer(None, {}, b"", f"event {claim.event_id} is not in the log", 0)
-        else:
-            answer = self.send(claim, event)
-        return self._record(claim, answer, started, unsent=unsent or [])
+            return Answer(None, {}, b"", f"event {claim.event_id} is not in the log", 0)
+        return self.send(claim, event)
 
     def send(self, claim: Claim, event: RecordedEvent) -> Answer:
         """One signed POST of the event as a CloudEvent (structured mode)."""
@@ -634,7 +711,7 @@ class Deliverer:
         (then the queue moves on to them)."""
         if delivered and not lost and claim.failing_since is None and self.db.is_postgres:
             with self.db.autocommit() as conn:
-                if record_delivered(conn, claim, answer, started, now):
+                if record_delivered(conn, [Success(claim, answer, started, now, 0.0)]):
                     return True
             lost = True  # not ours any more: log the attempt below, if the delivery exists
         d, s = webhook_deliveries, webhook_subscriptions
@@ -691,36 +768,25 @@ class Deliverer:
         return True
 
 
-def record_delivered(
-    conn: Connection, claim: Claim, answer: Answer, started: datetime, now: datetime
-) -> bool:
-    """Record a success in one statement on ``conn`` (PostgreSQL); False if the claim no
-    longer held. The statement is compiled once and goes straight to the driver: SQLAlchemy's
-    execution path around it cost more CPU than the worker's whole share of the statement."""
-    sql, fixed = _delivered_sql(conn.dialect)
+def record_delivered(conn: Connection, successes: Sequence[Success]) -> set[UUID]:
+    """Record successes in one statement on ``conn`` (PostgreSQL); the ids of the deliveries
+    whose claims still held (the others are left as they are)."""
+    columns: dict[str, list[Any]] = {name: [] for name in _SUCCESS_COLUMNS}
+    for s in successes:
+        claim = s.claim
+        values = _attempt_values(claim.delivery_id, claim.attempt, claim.round, s.started, s.answer)
+        values |= {"id": claim.delivery_id, "token": claim.token, "now": s.now}
+        for name, column in columns.items():
+            column.append(values[name])
     with driver_cursor(conn) as cur:
-        cur.execute(sql, {**fixed, **delivered_params(claim, answer, started, now)})
-        return cur.fetchone() is not None
+        cur.execute(_DELIVERED, columns)
+        return {row[0] for row in cur.fetchall()}
 
 
-@cache
-def _delivered_sql(dialect: Dialect) -> tuple[str, dict[str, Any]]:
-    """``_DELIVERED`` as the driver's SQL, with the values of its fixed parameters."""
-    compiled = _DELIVERED.compile(dialect=dialect)
-    return str(compiled), dict(compiled.params)
-
-
-def delivered_params(
-    claim: Claim, answer: Answer, started: datetime, now: datetime
-) -> dict[str, Any]:
-    """The parameters of the one-statement success record (``_DELIVERED``)."""
-    values = _attempt_values(claim.delivery_id, claim.attempt, claim.round, started, answer)
-    return {
-        "b_id": claim.delivery_id,
-        "b_token": claim.token,
-        "b_now": now,
-        **{f"b_{k}": v for k, v in values.items() if k != "delivery_id"},
-    }
+_SUCCESS_COLUMNS = (
+    "id", "token", "status_code", "now", "number", "round", "started_at", "duration_ms", "error",
+    "response_body",
+)  # fmt: skip
 
 
 def _attempt_values(

@@ -126,10 +126,13 @@ def test_a_worker_killed_mid_delivery_loses_and_duplicates_nothing_in_the_log(
                     os.killpg(worker.pid, signal.SIGTERM)
                     worker.wait(timeout=60)
         assert receiver.problems == [], receiver.problems
-    # A receiver de-duplicating by webhook-id sees every event once, in order; the one in
-    # flight at the kill came twice (at-least-once), nothing else did.
+    # A receiver de-duplicating by webhook-id sees every event once, in order. The one in
+    # flight at the kill came twice (at-least-once), and so did the successes before it that
+    # the worker had not recorded yet (it records them in groups), nothing else did.
     assert receiver.unique_ids() == events
-    assert receiver.ids() == events[:3] + events[2:], receiver.ids()
+    got = receiver.ids()
+    assert got[:3] == events[:3], got
+    assert got[3:] in (events, events[1:], events[2:]), got
     with pg_system.db.read() as conn:
         rows = conn.execute(
             select(webhook_deliveries)

@@ -25,18 +25,24 @@ from infra.mail.transport import Smtp
 from infra.projections.projector import Projector
 from infra.reminders import Reminders
 from infra.settings import Settings
-from infra.webhooks.delivery import Deliverer, record_delivered
+from infra.webhooks.delivery import (
+    RECORD_EVERY,
+    RECORD_WITHIN_S,
+    Deliverer,
+    Success,
+    record_delivered,
+)
 from infra.webhooks.guard import AllowList
 from infra.webhooks.relay import WebhookRelay
 from infra.webhooks.sender import Answer
 from infra.webhooks.subscriptions import Subscription, Subscriptions, subscriptions
-from infra.webhooks.tables import webhook_attempts, webhook_deliveries
+from infra.webhooks.tables import webhook_attempts, webhook_deliveries, webhook_subscriptions
 from services.organisations.commands import RegisterOrganisation
 from services.organisations.model import ORGANISATION
 from services.ports import RecordedEvent
 from services.webhooks import policy
 from tests.mailserver import MailServer
-from tests.webhook_receiver import Receiver, Reply
+from tests.webhook_receiver import Received, Receiver, Reply
 
 TIMEOUT_S = 1.0
 
@@ -211,11 +217,57 @@ def test_a_success_is_recorded_without_waiting_for_the_flush_and_only_in_its_tra
     answer = Answer(204, {}, b"", None, 3)
     with rig.system.db.write() as conn:
         assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
-        assert record_delivered(conn, claim, answer, now, now)
+        assert record_delivered(conn, [Success(claim, answer, now, now, 0.0)]) == {
+            claim.delivery_id
+        }
         assert conn.execute(text("SHOW synchronous_commit")).scalar() == "off"
     with rig.system.db.read() as conn:
         assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
     assert [(r.status, r.attempts) for r in rig.deliveries(sub)] == [("delivered", 1)]
+
+
+@pytest.mark.postgres
+def test_successes_are_recorded_in_groups_and_a_slow_endpoints_one_by_one(pg_rig: Rig) -> None:
+    """A fast endpoint's successes are recorded together, never more than RECORD_EVERY of
+    them sent and unrecorded; a slow endpoint's each before the next is sent."""
+    rig = pg_rig
+    fast, slow = rig.subscribe(), rig.subscribe()
+    recorded: dict[UUID, list[int]] = {fast.id: [], slow.id: []}
+
+    def count(request: Received) -> None:  # delivered rows as each request arrives
+        sub = fast if request.path.endswith("/fast") else slow
+        recorded[sub.id].append(sum(r.status == "delivered" for r in rig.deliveries(sub)))
+
+    rig.receiver.on_request = count
+    with rig.system.db.write() as conn:  # tell the two apart by path
+        for sub, path in ((fast, "fast"), (slow, "slow")):
+            conn.execute(
+                webhook_subscriptions.update()
+                .where(webhook_subscriptions.c.id == sub.id)
+                .values(url=f"{rig.receiver.url}/{path}")
+            )
+    events = rig.publish(2 * RECORD_EVERY + 5)
+    assert rig.run(fast) == 2 * RECORD_EVERY + 5
+    seen = recorded[fast.id]
+    assert seen == sorted(seen)
+    assert all(k - count <= RECORD_EVERY - 1 for k, count in enumerate(seen)), seen
+    assert any(count < k for k, count in enumerate(seen)), "recorded one by one"
+    assert [(r.status, r.attempts) for r in rig.deliveries(fast)] == [("delivered", 1)] * len(
+        events
+    )
+    for event in events[:3]:  # the same events, slow to answer this time
+        rig.receiver.script[str(event.id)] = [Reply(delay=1.5 * RECORD_WITHIN_S)]
+    with rig.system.db.write() as conn:  # only the first three are due for the slow one
+        conn.execute(
+            webhook_deliveries.update()
+            .where(
+                webhook_deliveries.c.subscription_id == slow.id,
+                webhook_deliveries.c.position > events[2].position,
+            )
+            .values(next_attempt_at=rig.clock() + timedelta(days=1))
+        )
+    assert rig.run(slow) == 3
+    assert recorded[slow.id] == [0, 1, 2]
 
 
 def test_event_type_filters_choose_what_is_delivered(rig: Rig) -> None:
@@ -525,11 +577,14 @@ def test_a_claim_left_by_a_dead_worker_is_taken_over_after_its_lease(rig: Rig) -
     assert rig.deliveries(sub)[0].status == "delivered"
 
 
-def test_a_batch_left_by_a_dead_worker_logs_only_its_first_as_interrupted(rig: Rig) -> None:
-    """A claimed batch is sent in order, each recorded before the next: of a dead worker's
-    batch only the first still held can have been in flight; the rest were never sent."""
+def test_a_batch_left_by_a_dead_worker_logs_what_it_may_have_sent_as_interrupted(
+    rig: Rig,
+) -> None:
+    """A claimed batch is sent in order and its successes recorded in groups of at most
+    RECORD_EVERY: of a dead worker's batch only the first RECORD_EVERY it still holds can have
+    been sent. Those are logged as interrupted attempts; the rest were never sent."""
     sub = rig.subscribe()
-    events = rig.publish(4)
+    events = rig.publish(RECORD_EVERY + 2)
     rig.relay.catch_up()
     dead = rig.deliverer.claims(sub.id)  # …and the worker dies before recording anything
     assert [c.position for c in dead] == [e.position for e in events]
@@ -537,14 +592,17 @@ def test_a_batch_left_by_a_dead_worker_logs_only_its_first_as_interrupted(rig: R
     assert rig.run(sub) == 0, "the claims hold"
     rig.clock.advance(2 * rig.deliverer.lease + timedelta(seconds=1))
     assert rig.deliverer.due() == [sub.id]
-    assert rig.run(sub) == 4
+    assert rig.run(sub) == RECORD_EVERY + 2
     assert rig.receiver.ids() == [str(e.id) for e in events], "each once, in order"
     rows = rig.deliveries(sub)
-    assert [(r.status, r.attempts) for r in rows] == [("delivered", 2)] + [("delivered", 1)] * 3
-    first = rig.attempts(rows[0].id)
-    assert [(a.number, a.status_code) for a in first] == [(1, None), (2, 204)]
-    assert first[0].error.startswith("interrupted")
-    for row in rows[1:]:
+    assert [(r.status, r.attempts) for r in rows] == [("delivered", 2)] * RECORD_EVERY + [
+        ("delivered", 1)
+    ] * 2
+    for row in rows[:RECORD_EVERY]:
+        log = rig.attempts(row.id)
+        assert [(a.number, a.status_code) for a in log] == [(1, None), (2, 204)]
+        assert log[0].error.startswith("interrupted")
+    for row in rows[RECORD_EVERY:]:
         assert [(a.number, a.status_code) for a in rig.attempts(row.id)] == [(1, 204)]
 
 
