@@ -94,7 +94,6 @@ webhook_deliveries = Table(
         "uq_webhook_deliveries_subscription_id_event_id", "subscription_id", "event_id", unique=True
     ),
     Index("ix_webhook_deliveries_subscription_id_position", "subscription_id", "position"),
-    Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
     # The head of each subscription's queue in one index step, however many deliveries it
     # has behind it (the full index walks every delivered row first).
     Index(
