@@ -1,19 +1,26 @@
 """One webhook attempt (``infra.webhooks.sender.post``) against real sockets on 127.0.0.1.
 
 The endpoint here is a raw HTTP/1.1 server, so a test can make it misbehave the way real ones
-do: close a kept-alive connection when the next request arrives, or answer with a large body.
+do: close a kept-alive connection when the next request arrives, or answer with a large body;
+or a real HTTPS server whose certificate comes from a CA made for the test (``trustme``).
 """
 
 from __future__ import annotations
 
 import socket
 import socketserver
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
+import pytest
+import trustme
 
+from infra.webhooks import sender
 from infra.webhooks.guard import AllowList
 from infra.webhooks.sender import MAX_BODY, post
 
@@ -127,3 +134,91 @@ def test_https_goes_to_the_checked_address_with_the_names_sni_and_host() -> None
     assert request.extensions["sni_hostname"] == "hooks.example.org"
     assert request.extensions["timeout"] == {"connect": 3, "read": 3, "write": 3, "pool": 3}
     assert request.content == b'{"id": "1"}'
+
+
+# -- a real TLS endpoint (a certificate authority made for the test) -------------------------
+
+
+@contextmanager
+def tls_endpoint(ca: trustme.CA, certified: str) -> Iterator[tuple[int, list[str], list[str]]]:
+    """An HTTPS server on 127.0.0.1 with a certificate for ``certified``, answering 204; yields
+    its port and what it saw: the TLS server names asked for, and the Host headers."""
+    names: list[str] = []
+    hosts: list[str] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(certified).configure_cert(context)
+    context.sni_callback = lambda _sock, name, _ctx: names.append(name or "")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", "0")))
+            hosts.append(self.headers.get("host", ""))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], names, hosts
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def ca(monkeypatch: pytest.MonkeyPatch) -> trustme.CA:
+    """A certificate authority the sender trusts (instead of the system's) for this test."""
+    authority = trustme.CA()
+
+    def trusting() -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        authority.configure_trust(context)
+        return context
+
+    monkeypatch.setattr(sender, "tls_context", trusting)
+    return authority
+
+
+PINNED = AllowList.parse("hooks.example.org")
+
+
+def to_loopback(_host: str, _port: int) -> list[str]:
+    return ["127.0.0.1"]
+
+
+def test_https_to_the_pinned_address_checks_the_names_certificate(ca: trustme.CA) -> None:
+    """The connection goes to the address the guard checked, while the TLS handshake asks for
+    the URL's name (SNI) and verifies the certificate against it; Host stays the name."""
+    with tls_endpoint(ca, "hooks.example.org") as (port, names, hosts):
+        got = post(
+            f"https://hooks.example.org:{port}/concord",
+            b"{}",
+            {},
+            allow=PINNED,
+            timeout_s=5,
+            resolve=to_loopback,
+        )
+    assert (got.status_code, got.error) == (204, None)
+    assert names == ["hooks.example.org"]
+    assert hosts == [f"hooks.example.org:{port}"]
+
+
+def test_https_to_an_endpoint_certified_for_another_name_is_refused(ca: trustme.CA) -> None:
+    with tls_endpoint(ca, "elsewhere.example.org") as (port, names, hosts):
+        got = post(
+            f"https://hooks.example.org:{port}/concord",
+            b"{}",
+            {},
+            allow=PINNED,
+            timeout_s=5,
+            resolve=to_loopback,
+        )
+    assert got.status_code is None
+    assert got.error is not None and "CERTIFICATE_VERIFY_FAILED" in got.error, got.error
+    assert names == ["hooks.example.org"] and hosts == [], "nothing was sent"
