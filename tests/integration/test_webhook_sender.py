@@ -22,7 +22,7 @@ import trustme
 
 from infra.webhooks import sender
 from infra.webhooks.guard import AllowList
-from infra.webhooks.sender import MAX_BODY, post
+from infra.webhooks.sender import MAX_BODY, Answer, post
 
 ALLOW = AllowList.parse("127.0.0.1")
 
@@ -188,22 +188,23 @@ def ca(monkeypatch: pytest.MonkeyPatch) -> trustme.CA:
 PINNED = AllowList.parse("hooks.example.org")
 
 
-def to_loopback(_host: str, _port: int) -> list[str]:
-    return ["127.0.0.1"]
+def post_to_the_name(port: int) -> Answer:
+    """A POST to https://hooks.example.org:PORT, whose name resolves to loopback."""
+    return post(
+        f"https://hooks.example.org:{port}/concord",
+        b"{}",
+        {},
+        allow=PINNED,
+        timeout_s=5,
+        resolve=lambda _host, _port: ["127.0.0.1"],
+    )
 
 
 def test_https_to_the_pinned_address_checks_the_names_certificate(ca: trustme.CA) -> None:
     """The connection goes to the address the guard checked, while the TLS handshake asks for
     the URL's name (SNI) and verifies the certificate against it; Host stays the name."""
     with tls_endpoint(ca, "hooks.example.org") as (port, names, hosts):
-        got = post(
-            f"https://hooks.example.org:{port}/concord",
-            b"{}",
-            {},
-            allow=PINNED,
-            timeout_s=5,
-            resolve=to_loopback,
-        )
+        got = post_to_the_name(port)
     assert (got.status_code, got.error) == (204, None)
     assert names == ["hooks.example.org"]
     assert hosts == [f"hooks.example.org:{port}"]
@@ -211,14 +212,7 @@ def test_https_to_the_pinned_address_checks_the_names_certificate(ca: trustme.CA
 
 def test_https_to_an_endpoint_certified_for_another_name_is_refused(ca: trustme.CA) -> None:
     with tls_endpoint(ca, "elsewhere.example.org") as (port, names, hosts):
-        got = post(
-            f"https://hooks.example.org:{port}/concord",
-            b"{}",
-            {},
-            allow=PINNED,
-            timeout_s=5,
-            resolve=to_loopback,
-        )
+        got = post_to_the_name(port)
     assert got.status_code is None
     assert got.error is not None and "CERTIFICATE_VERIFY_FAILED" in got.error, got.error
     assert names == ["hooks.example.org"] and hosts == [], "nothing was sent"
