@@ -74,12 +74,18 @@ COMMANDS = Counter(
 OUTCOMES = ("ok", "unchanged", "conflict", "invalid", "not_found", "forbidden", "error")
 
 
-def count_command(command: str, outcome: str) -> None:
-    """Count one handled command; counting never fails the command itself."""
+def _increment(counter: Counter, what: str, **labels: str) -> None:
+    """Add one to ``counter``: counting never fails what is counted (multiprocess mode with
+    an unusable directory raises OSError, which is only logged)."""
     try:
-        COMMANDS.labels(command=command, outcome=outcome).inc()
-    except OSError as exc:  # multiprocess mode with an unusable directory
-        log.warning("command not counted", command=command, error=repr(exc))
+        (counter.labels(**labels) if labels else counter).inc()
+    except OSError as exc:
+        log.warning(f"{what} not counted", **labels, error=repr(exc))
+
+
+def count_command(command: str, outcome: str) -> None:
+    """Count one handled command."""
+    _increment(COMMANDS, "command", command=command, outcome=outcome)
 
 
 #: Requests refused with 429, by policy (``read``, ``write``, ``anonymous``, or a route's own).
@@ -110,10 +116,7 @@ DB_CONNECTIONS_OPENED = Counter(
 
 def count_db_connection(*_: object) -> None:
     """Count one connection opened (a SQLAlchemy ``connect`` pool event listener)."""
-    try:
-        DB_CONNECTIONS_OPENED.inc()
-    except OSError as exc:
-        log.warning("connection not counted", error=repr(exc))
+    _increment(DB_CONNECTIONS_OPENED, "connection")
 
 
 def count_connections(db: Database) -> None:
@@ -124,18 +127,12 @@ def count_connections(db: Database) -> None:
 
 def count_rate_limited(policy: str) -> None:
     """Count one request refused with 429."""
-    try:
-        RATE_LIMITED.labels(policy=policy).inc()
-    except OSError as exc:
-        log.warning("refusal not counted", policy=policy, error=repr(exc))
+    _increment(RATE_LIMITED, "refusal", policy=policy)
 
 
 def count_rate_limit_fallback() -> None:
     """Count one rate-limit decision taken without Redis."""
-    try:
-        RATE_LIMIT_FALLBACKS.inc()
-    except OSError as exc:
-        log.warning("fallback not counted", error=repr(exc))
+    _increment(RATE_LIMIT_FALLBACKS, "fallback")
 
 
 def prepare_multiprocess_dir(path: Path) -> None:
