@@ -703,13 +703,11 @@ def _waiting(system: System) -> bool:
     """Whether a delivery is still pending or being sent: one probe of the partial index
     the worker's queues use, however many rows the table holds (counting them all five
     times a second was load on the database under measurement)."""
-    from sqlalchemy import text
-
-    from infra.webhooks.tables import WAITING
+    from infra.webhooks.tables import IS_WAITING
     from infra.webhooks.tables import webhook_deliveries as d
 
     with system.db.read() as conn:
-        probe = select(d.c.id).where(text(f"webhook_deliveries.{WAITING}")).limit(1)
+        probe = select(d.c.id).where(IS_WAITING).limit(1)
         return conn.execute(probe).first() is not None
 
 

@@ -50,7 +50,6 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    text,
     tuple_,
     update,
 )
@@ -66,7 +65,7 @@ from infra.webhooks.guard import AllowList, Resolve, system_resolve
 from infra.webhooks.relay import DELIVER, NAME
 from infra.webhooks.sender import Answer, post
 from infra.webhooks.tables import (
-    WAITING,
+    IS_WAITING,
     webhook_attempts,
     webhook_deliveries,
     webhook_subscriptions,
@@ -109,7 +108,7 @@ _SUBSCRIPTION = (
 )
 _HEADS = (
     select(_D)
-    .where(_D.c.subscription_id == bindparam("b_sub"), text(f"webhook_deliveries.{WAITING}"))
+    .where(_D.c.subscription_id == bindparam("b_sub"), IS_WAITING)
     .order_by(_D.c.position)
     .limit(BATCH)
 )
@@ -280,10 +279,9 @@ class Deliverer:
         nudged in the last minute; marks them nudged."""
         now = self.clock()
         d, s = webhook_deliveries, webhook_subscriptions
-        waiting = text(f"webhook_deliveries.{WAITING}")  # as the partial index says it
         heads = (
             select(d.c.subscription_id, func.min(d.c.position).label("position"))
-            .where(waiting)
+            .where(IS_WAITING)
             .group_by(d.c.subscription_id)
             .subquery()
         )
@@ -423,13 +421,7 @@ class Deliverer:
                     lost=True,
                     unsent=[],
                 )
-            log.info(
-                "webhook delivered",
-                subscription_id=str(claim.subscription_id),
-                position=claim.position,
-                status=success.answer.status_code,
-                recorded=claim.delivery_id in held,
-            )
+            _log_delivered(claim, success.answer, recorded=claim.delivery_id in held)
         return len(held)
 
     def claim(self, subscription_id: UUID) -> Claim | None:
@@ -588,13 +580,7 @@ class Deliverer:
         verdict = policy.verdict(answer.status_code)
         if verdict is policy.Verdict.DELIVERED:
             held = self._finish(claim, answer, started, now, delivered=True, unsent=unsent)
-            log.info(
-                "webhook delivered",
-                subscription_id=str(claim.subscription_id),
-                position=claim.position,
-                status=answer.status_code,
-                recorded=held,
-            )
+            _log_delivered(claim, answer, recorded=held)
             return held
         retry_after = (
             policy.parse_retry_after(_header(answer.headers, "retry-after"), now)
@@ -815,6 +801,16 @@ def _log_attempt(
     answer: Answer,
 ) -> None:
     conn.execute(_ATTEMPT, _attempt_values(delivery_id, number, round_, started, answer))
+
+
+def _log_delivered(claim: Claim, answer: Answer, *, recorded: bool) -> None:
+    log.info(
+        "webhook delivered",
+        subscription_id=str(claim.subscription_id),
+        position=claim.position,
+        status=answer.status_code,
+        recorded=recorded,
+    )
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

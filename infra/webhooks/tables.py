@@ -105,6 +105,9 @@ webhook_deliveries = Table(
     ),
 )
 
+#: ``WAITING`` as a condition on ``webhook_deliveries`` for queries (the index's spelling).
+IS_WAITING = text(f"webhook_deliveries.{WAITING}")
+
 #: Every HTTP attempt, with what the endpoint answered (the first bytes of its body only).
 webhook_attempts = Table(
     "webhook_attempts",
