@@ -229,9 +229,6 @@ class Success:
     answer: Answer
     started: datetime
     now: datetime
-    #: When it was sent (monotonic): a group is recorded before the next send once its
-    #: oldest went out :data:`RECORD_WITHIN_S` ago (a slow endpoint's: each before the next).
-    sent: float
 
 
 class Deliverer:
@@ -353,6 +350,7 @@ class Deliverer:
         """Send a batch's claims in order, recording their outcomes; how many moved the queue
         on (all of them unless something stopped it: then the rest are released)."""
         group: list[Success] = []  # sent and answered 2xx, not recorded yet
+        oldest = 0.0  # when the group's first went out (monotonic)
         moved = 0
 
         def record_group() -> bool:
@@ -364,7 +362,9 @@ class Deliverer:
             return complete
 
         for i, claim in enumerate(batch):
-            due = bool(group) and time.monotonic() - group[0].sent >= RECORD_WITHIN_S
+            # A group is recorded before the next send once its oldest went out RECORD_WITHIN_S
+            # ago (a slow endpoint's: each before the next).
+            due = bool(group) and time.monotonic() - oldest >= RECORD_WITHIN_S
             if due and not record_group():
                 self._release(batch[i:])
                 return moved
@@ -377,7 +377,8 @@ class Deliverer:
             started, sent = self.clock(), time.monotonic()
             answer = self._answer(claim)
             if self._groups(claim, answer):
-                group.append(Success(claim, answer, started, self.clock(), sent))
+                oldest = oldest if group else sent
+                group.append(Success(claim, answer, started, self.clock()))
                 if len(group) >= RECORD_EVERY and not record_group():
                     self._release(batch[i + 1 :])
                     return moved
@@ -697,7 +698,7 @@ class Deliverer:
         (then the queue moves on to them)."""
         if delivered and not lost and claim.failing_since is None and self.db.is_postgres:
             with self.db.autocommit() as conn:
-                if record_delivered(conn, [Success(claim, answer, started, now, 0.0)]):
+                if record_delivered(conn, [Success(claim, answer, started, now)]):
                     return True
             lost = True  # not ours any more: log the attempt below, if the delivery exists
         d, s = webhook_deliveries, webhook_subscriptions

@@ -217,9 +217,7 @@ def test_a_success_is_recorded_without_waiting_for_the_flush_and_only_in_its_tra
     answer = Answer(204, {}, b"", None, 3)
     with rig.system.db.write() as conn:
         assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
-        assert record_delivered(conn, [Success(claim, answer, now, now, 0.0)]) == {
-            claim.delivery_id
-        }
+        assert record_delivered(conn, [Success(claim, answer, now, now)]) == {claim.delivery_id}
         assert conn.execute(text("SHOW synchronous_commit")).scalar() == "off"
     with rig.system.db.read() as conn:
         assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
