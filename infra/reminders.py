@@ -6,8 +6,10 @@ The schedule of what is due is a projection (:mod:`infra.projections.reminders`)
    each reminder that has fallen due is *fanned out* once — its recipients are worked out
    from the read side and one ``mail_outbox`` row per message key is inserted. The fan-out
    marker and the rows go in one transaction and both insert with ON CONFLICT DO NOTHING, so
-   two schedulers ticking at once produce each row once. The tick returns the keys to send.
-2. **Send** (a worker task per key): a conditional UPDATE claims the row for a lease; only
+   two schedulers ticking at once produce each row once. A message to an organisation the
+   read side knows to have no contact address goes in already settled as ``skipped``. The
+   tick returns the keys to send.
+2. **Send** (worker tasks, a few keys each): a conditional UPDATE claims the row for a lease; only
    one worker wins. If the log already records the message (``reminder.sent`` in the key's
    own stream) nothing is sent. Otherwise the message is rendered, handed to the transport
    with a Message-ID derived from the key, and ``reminder.sent`` is appended with expected
@@ -79,6 +81,8 @@ REGISTRATION_KIND = "registration"
 ORGANISATION_KIND = "organisation"
 SUBSCRIPTION_KIND = "subscription"
 INVITATION_KIND = "invitation"
+#: Why a message to an organisation is not sent (at fan-out, or at send if it changed since).
+NO_ADDRESS = "the organisation has no contact address"
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,10 @@ class Reminders:
         """
         with self.db.write() as conn:
             planned = {r.key: self._recipients(conn, r, now) for r in due}
+            organisation_ids = {
+                i for wanted in planned.values() for kind, i in wanted if kind == ORGANISATION_KIND
+            }
+            unreachable = self._unreachable(conn, organisation_ids)
             marks = [
                 {"reminder_key": r.key, "recipients": len(planned[r.key]), "done_at": now}
                 for r in sorted(due, key=lambda r: r.key)
@@ -163,7 +171,8 @@ class Reminders:
                     "recipient_kind": kind,
                     "recipient_id": recipient,
                     "message_id": message_id(key, self.domain),
-                    "status": "pending",
+                    "status": "skipped" if skip else "pending",
+                    "last_error": NO_ADDRESS if skip else None,
                     "attempts": 0,
                     "failures": 0,
                     "next_attempt_at": now,
@@ -173,6 +182,7 @@ class Reminders:
                 if reminder.key in marked
                 for kind, recipient in planned[reminder.key]
                 for key in [message_key(reminder.key, kind, recipient)]
+                for skip in [kind == ORGANISATION_KIND and recipient in unreachable]
             ]
             if rows:
                 conn.execute(insert_or_skip(conn, mail_outbox), rows)
@@ -181,6 +191,25 @@ class Reminders:
                 log.info(
                     "reminder due", reminder=reminder.key, recipients=len(planned[reminder.key])
                 )
+
+    @staticmethod
+    def _unreachable(conn: Connection, organisation_ids: set[UUID]) -> set[UUID]:
+        """The organisations among these that have no contact address: their messages are
+        settled as skipped at fan-out, with no send task (under a campaign's wave of
+        endorsements, one per endorsement). An organisation the read side does not know yet
+        is not among them: its message waits for the send, which looks again."""
+        ids = sorted(organisation_ids, key=str)
+        found: set[UUID] = set()
+        for start in range(0, len(ids), 500):
+            found.update(
+                conn.execute(
+                    select(organisations.c.organisation_id).where(
+                        organisations.c.organisation_id.in_(ids[start : start + 500]),
+                        or_(organisations.c.email.is_(None), organisations.c.email == ""),
+                    )
+                ).scalars()
+            )
+        return found
 
     def _recipients(self, conn: Connection, reminder: Any, now: datetime) -> list[tuple[str, UUID]]:
         """Who gets this reminder, as (kind, id); nobody when it is stale or superseded."""
@@ -535,7 +564,7 @@ class Reminders:
                 select(organisations).where(organisations.c.organisation_id == row.recipient_id)
             ).first()
             if org is None or not org.email:
-                raise _Skip("the organisation has no contact address")
+                raise _Skip(NO_ADDRESS)
             context["recipient"] = {"name": org.name}
             context["organisation"] = {"name": org.name}
             context["organiser"] = str(org.organisation_id) == detail["organiser_id"]

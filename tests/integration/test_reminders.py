@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from email.policy import default
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import icalendar
 import pytest
@@ -313,33 +314,9 @@ def test_endorsement_deadline_reminders_and_endorsement_notices(
     open_registration(client, organiser, cid, starts - timedelta(hours=1))
     register(client, organiser, cid, "Anis", "anis@example.org", signer)
     register(client, organiser, cid, "Bobi", "bobi@example.org", silent)
-    st = client.post(
-        f"/v1/consultations/{cid}/statements",
-        json={"title": "Joint statement", "language": "en"},
-        headers=organiser,
-    )
-    assert st.status_code == 201, st.text
-    sid = st.json()["id"]
-    area = st.json()["thematic_areas"][0] if "thematic_areas" in st.json() else None
-    rec = client.post(
-        f"/v1/statements/{sid}/recommendations",
-        json={"thematic_area": area or "Access to justice", "text": "Ratify the CMW."},
-        headers=organiser,
-    )
-    assert rec.status_code == 201, rec.text
     deadline = datetime.now(UTC).replace(microsecond=0, second=0) + timedelta(days=10)
-    fin = client.post(
-        f"/v1/statements/{sid}/finalise",
-        json={"endorsement_deadline": deadline.isoformat()},
-        headers=organiser,
-    )
-    assert fin.status_code == 200, fin.text
-    endorsed = client.post(
-        f"/v1/statements/{sid}/endorsements",
-        json={"organisation_id": signer, "signatory_name": "Anis Hidayah"},
-        headers=keys.make("organisation", signer),
-    )
-    assert endorsed.status_code == 201, endorsed.text
+    sid = finalised_statement(client, organiser, cid, deadline)
+    endorse(client, keys, sid, signer, "Anis Hidayah")
     reminders = Reminders(system, mail=Smtp(smtp.url, 10))
     now_sent = run(reminders, datetime.now(UTC))
     assert "endorsement_recorded" in sent_rules(now_sent)
@@ -358,6 +335,81 @@ def test_endorsement_deadline_reminders_and_endorsement_notices(
     assert sent_rules(run(reminders, datetime.now(UTC))) == ["endorsements_voided"]
     assert str(smtp.inbox.messages[-1]["To"]) == "Migrant CARE <care@example.org>"
     assert run(reminders, deadline - timedelta(hours=24) + MINUTE) == [], "reopening drops it"
+
+
+def finalised_statement(client: TestClient, organiser: dict, cid: str, deadline: datetime) -> str:
+    st = client.post(
+        f"/v1/consultations/{cid}/statements",
+        json={"title": "Joint statement", "language": "en"},
+        headers=organiser,
+    )
+    assert st.status_code == 201, st.text
+    sid = str(st.json()["id"])
+    area = st.json()["thematic_areas"][0] if "thematic_areas" in st.json() else None
+    rec = client.post(
+        f"/v1/statements/{sid}/recommendations",
+        json={"thematic_area": area or "Access to justice", "text": "Ratify the CMW."},
+        headers=organiser,
+    )
+    assert rec.status_code == 201, rec.text
+    fin = client.post(
+        f"/v1/statements/{sid}/finalise",
+        json={"endorsement_deadline": deadline.isoformat()},
+        headers=organiser,
+    )
+    assert fin.status_code == 200, fin.text
+    return sid
+
+
+def endorse(client: TestClient, keys: Keys, sid: str, organisation_id: str, name: str) -> None:
+    endorsed = client.post(
+        f"/v1/statements/{sid}/endorsements",
+        json={"organisation_id": organisation_id, "signatory_name": name},
+        headers=keys.make("organisation", organisation_id),
+    )
+    assert endorsed.status_code == 201, endorsed.text
+
+
+def test_a_notice_to_an_organisation_without_an_address_is_settled_at_fan_out(
+    client: TestClient, system: System, smtp: MailServer
+) -> None:
+    """Under a campaign every endorsement brings a notice: one to an organisation that gave no
+    contact address is recorded as skipped when it is fanned out, with no send to run."""
+    keys = Keys(system)
+    organiser = keys.organiser
+    host = org(client, organiser, "HRWG", "hrwg@example.org")
+    reachable = org(client, organiser, "Migrant CARE", "care@example.org")
+    silent = org(client, organiser, "SBMI")
+    starts = datetime.now(UTC).replace(microsecond=0) + timedelta(days=2)
+    cid = plan(client, organiser, host, "Asia/Jakarta", starts)
+    sid = finalised_statement(client, organiser, cid, starts + timedelta(days=10))
+    endorse(client, keys, sid, reachable, "Anis Hidayah")
+    endorse(client, keys, sid, silent, "Bobi Anwar")
+    reminders = Reminders(system, mail=Smtp(smtp.url, 10))
+    now = datetime.now(UTC)
+    handed = reminders.tick(now)
+    assert [k for k in handed if k.startswith("endorsement_recorded/")] == [
+        k for k in handed if k.startswith("endorsement_recorded/") and reachable in k
+    ]
+    assert any(reachable in k for k in handed)
+    with system.db.read() as conn:
+        rows = {
+            r.recipient_id: r
+            for r in conn.execute(
+                mail_outbox.select().where(mail_outbox.c.rule == "endorsement_recorded")
+            )
+        }
+    skipped = rows[UUID(silent)]
+    assert (skipped.status, skipped.attempts, skipped.last_error) == (
+        "skipped",
+        0,
+        "the organisation has no contact address",
+    )
+    assert rows[UUID(reachable)].status == "pending"
+    assert skipped.key not in handed
+    assert [reminders.send(k, now).status for k in handed if reachable in k] == ["sent"]
+    assert reminders.send(skipped.key, now).status == "not-claimed"
+    assert [str(m["To"]) for m in smtp.inbox.messages] == ["Migrant CARE <care@example.org>"]
 
 
 def open_with_participants(client: TestClient, system: System, people: int) -> datetime:
