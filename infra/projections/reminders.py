@@ -112,6 +112,9 @@ class ReminderSchedule:
     tables = (reminder_consultations, reminder_statements, reminders)
     #: Off the command path: the scheduler's tick and the schedule's readers catch it up.
     inline = False
+    #: Ids, times and reasons only: names and addresses are looked up when a message is sent,
+    #: so the worker's pages need no key lookup and nothing decrypted for it.
+    personal = False
 
     def apply(self, conn: Connection, tables: Tables, events: Sequence[RecordedEvent]) -> None:
         run = _Run(conn, tables)
