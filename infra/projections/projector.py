@@ -147,8 +147,18 @@ class Projector:
                 return applied
             if 0 < start - self._seen <= self.batch_size // 2:
                 start = self._seen  # also read what others applied since this process looked
-            payload = any(reads_payload(self.projections[n]) for n in names)
-            personal = any(reads_personal(self.projections[n]) for n in names)
+            # What the page must carry: what the projections that may apply events of their own
+            # streams from it read. An inline one at or past ``hold_after`` may not (those are
+            # held for the commands); it only steps over the events of streams it does not
+            # read, for which it needs nothing. (Under a wave of sign-ups the worker's pages
+            # were decrypted for the consultations the API applies itself.)
+            taking = [
+                self.projections[n]
+                for n in names
+                if hold_after is None or n not in self.inline or checkpoints[n] < hold_after
+            ]
+            payload = any(reads_payload(p) for p in taking)
+            personal = any(reads_personal(p) for p in taking)
             page = self.store.read_all(start, self.batch_size, payload=payload, personal=personal)
             if not page:
                 self._saw(checkpoints)
@@ -164,7 +174,11 @@ class Projector:
             with self.db.write() as conn:
                 current = self._lock_all(conn, due)
                 for name in due:
-                    self._observe(name, page, current[name])
+                    projection = self.projections[name]
+                    if (personal or not reads_personal(projection)) and (
+                        payload or not reads_payload(projection)
+                    ):  # never show a projection events without what it reads
+                        self._observe(name, page, current[name])
                     fresh = self._fresh(name, page, current[name], hold_after)
                     reached[name] = current[name]
                     if fresh:

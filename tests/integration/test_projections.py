@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -135,9 +136,17 @@ class Recording:
 
     tables = ()
 
-    def __init__(self, name: str, *, streams: set[str] | None = None, inline: bool = True):
+    def __init__(
+        self,
+        name: str,
+        *,
+        streams: set[str] | None = None,
+        inline: bool = True,
+        personal: bool = True,
+    ):
         self.name = name
         self.inline = inline
+        self.personal = personal
         if streams is not None:
             self.streams = frozenset(streams)
         self.seen: list[int | None] = []
@@ -178,6 +187,41 @@ def test_the_worker_loop_leaves_a_command_the_events_it_applies_itself(system: S
     finally:
         stop.set()
         thread.join(10)
+
+
+def test_the_worker_loop_reads_personal_data_only_for_a_projection_that_may_take_it(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While an inline projection's next events are held for the commands, the loop's pages
+    are read for the others alone: with personal data left sealed when none of them reads it."""
+    rosters = Recording("rosters_test", streams={"consultation"})
+    notices = Recording("notices_test", inline=False, personal=False)
+    loop = Projector(system.db, system.store, [rosters, notices])
+    asked: list[tuple[float, bool]] = []
+    read_all = system.store.read_all
+
+    def spy(*args: Any, **kwargs: Any) -> list[RecordedEvent]:
+        asked.append((time.monotonic(), kwargs["personal"]))
+        return read_all(*args, **kwargs)
+
+    monkeypatch.setattr(system.store, "read_all", spy)
+    p1 = system.store.append(uuid4(), "consultation", NO_STREAM, [NewEvent("x.y", {})]).position
+    p2 = system.store.append(uuid4(), "organisation", NO_STREAM, [NewEvent("x.y", {})]).position
+    stop = threading.Event()
+    started = time.monotonic()
+    kwargs = {"idle_s": 0.01, "leave_inline_s": 2.0}
+    thread = threading.Thread(target=loop.run_forever, args=(stop,), kwargs=kwargs)
+    thread.start()
+    try:
+        wait_until(lambda: loop.checkpoints().get("notices_test") == p2, 10, "notices at the head")
+        wait_until(lambda: loop.checkpoints().get("rosters_test") == p2, 10, "rosters, later")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert notices.seen == [p1, p2] and rosters.seen == [p1, p2]
+    held = [personal for at, personal in asked if at - started < 1.5]
+    assert held and not any(held), "sealed while only the notices could take events"
+    assert any(personal for _, personal in asked), "opened once the rosters took theirs"
 
 
 def test_wait_for_reports_a_position_that_never_arrives(system: System) -> None:
