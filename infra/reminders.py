@@ -151,7 +151,8 @@ class Reminders:
         Messages are queued in the order the reminders fell due (``due``'s order).
         """
         with self.db.write() as conn:
-            planned = {r.key: self._recipients(conn, r, now) for r in due}
+            facts = _Facts.read(conn, due)
+            planned = {r.key: self._recipients(conn, r, now, facts) for r in due}
             organisation_ids = {
                 i for wanted in planned.values() for kind, i in wanted if kind == ORGANISATION_KIND
             }
@@ -211,7 +212,9 @@ class Reminders:
             )
         return found
 
-    def _recipients(self, conn: Connection, reminder: Any, now: datetime) -> list[tuple[str, UUID]]:
+    def _recipients(
+        self, conn: Connection, reminder: Any, now: datetime, facts: _Facts
+    ) -> list[tuple[str, UUID]]:
         """Who gets this reminder, as (kind, id); nobody when it is stale or superseded."""
         if reminder.deadline is not None:
             if now >= reminder.deadline:
@@ -220,7 +223,7 @@ class Reminders:
                 return []  # a closer reminder for the same deadline is due too
         elif now - reminder.due_at > timedelta(seconds=self.settings.notice_max_age_s):
             return []  # an old notice (e.g. an imported log) helps nobody now
-        elif self._moot(conn, reminder, now):
+        elif facts.moot(reminder, now):
             return []
         audience = reminder.audience
         kind = audience["kind"]
@@ -245,28 +248,6 @@ class Reminders:
         if kind == INVITEE:
             return [(INVITATION_KIND, UUID(audience["invitation_id"]))]
         raise ValueError(f"unknown audience {kind!r}")
-
-    def _moot(self, conn: Connection, reminder: Any, now: datetime) -> bool:
-        """A notice about something already over: a sign-up for a consultation that has
-        ended, an endorsement after endorsing closed (e.g. history loaded by ``concord demo``
-        or a migration, whose events are recorded today)."""
-        if reminder.consultation_id is None:
-            return False  # not about a consultation: only its age counts
-        if reminder.statement_id is not None:
-            if reminder.rule != "endorsement_recorded":
-                return False
-            deadline = conn.execute(
-                select(reminder_statements.c.deadline).where(
-                    reminder_statements.c.statement_id == reminder.statement_id
-                )
-            ).scalar_one_or_none()
-            return deadline is None or deadline <= now
-        ends_at = conn.execute(
-            select(consultations.c.ends_at).where(
-                consultations.c.consultation_id == reminder.consultation_id
-            )
-        ).scalar_one_or_none()
-        return ends_at is None or ends_at <= now
 
     def _superseded(self, conn: Connection, reminder: Any, now: datetime) -> bool:
         closer = conn.execute(
@@ -698,6 +679,51 @@ class Reminders:
 
 #: An e-mail address inside an error's text (an SMTP server's refusal names the recipient).
 _ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the notices of one tick are judged by, read for all of them at once (under a wave
+    of endorsements a tick fans out hundreds of notices: one query each was most of its time):
+    the endorsement deadline of each statement and the end of each consultation."""
+
+    deadlines: dict[UUID, datetime | None]
+    ends: dict[UUID, datetime]
+
+    @classmethod
+    def read(cls, conn: Connection, due: list[Any]) -> _Facts:
+        statements = sorted({r.statement_id for r in due if r.statement_id is not None}, key=str)
+        held = sorted({r.consultation_id for r in due if r.consultation_id is not None}, key=str)
+        deadlines: dict[UUID, datetime | None] = {}
+        ends: dict[UUID, datetime] = {}
+        for start in range(0, max(len(statements), len(held)), 500):
+            if part := statements[start : start + 500]:
+                s = reminder_statements.c
+                rows = conn.execute(
+                    select(s.statement_id, s.deadline).where(s.statement_id.in_(part))
+                )
+                deadlines.update((r.statement_id, r.deadline) for r in rows)
+            if part := held[start : start + 500]:
+                c = consultations.c
+                rows = conn.execute(
+                    select(c.consultation_id, c.ends_at).where(c.consultation_id.in_(part))
+                )
+                ends.update((r.consultation_id, r.ends_at) for r in rows)
+        return cls(deadlines, ends)
+
+    def moot(self, reminder: Any, now: datetime) -> bool:
+        """A notice about something already over: a sign-up for a consultation that has
+        ended, an endorsement after endorsing closed (e.g. history loaded by ``concord demo``
+        or a migration, whose events are recorded today)."""
+        if reminder.consultation_id is None:
+            return False  # not about a consultation: only its age counts
+        if reminder.statement_id is not None:
+            if reminder.rule != "endorsement_recorded":
+                return False
+            deadline = self.deadlines.get(reminder.statement_id)
+            return deadline is None or deadline <= now
+        ends_at = self.ends.get(reminder.consultation_id)
+        return ends_at is None or ends_at <= now
 
 
 def failure_text(exc: Exception) -> str:

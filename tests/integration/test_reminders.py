@@ -412,6 +412,30 @@ def test_a_notice_to_an_organisation_without_an_address_is_settled_at_fan_out(
     assert [str(m["To"]) for m in smtp.inbox.messages] == ["Migrant CARE <care@example.org>"]
 
 
+def test_notices_about_what_is_already_over_are_not_sent(
+    client: TestClient, system: System, smtp: MailServer
+) -> None:
+    """A tick judges its notices together: a sign-up for a consultation that has ended and an
+    endorsement recorded after endorsing closed reach nobody; a sign-up still ahead does."""
+    keys = Keys(system)
+    organiser = keys.organiser
+    host = org(client, organiser, "HRWG", "hrwg@example.org")
+    signer = org(client, organiser, "Migrant CARE", "care@example.org")
+    now = datetime.now(UTC).replace(microsecond=0)
+    soon = plan(client, organiser, host, "Asia/Jakarta", now + timedelta(hours=2))
+    later = plan(client, organiser, host, "Asia/Manila", now + timedelta(days=9))
+    for cid, person in ((soon, "soon@example.org"), (later, "later@example.org")):
+        open_registration(client, organiser, cid, now + timedelta(hours=1))
+        register(client, organiser, cid, "Dewi", person)
+    sid = finalised_statement(client, organiser, soon, now + timedelta(hours=5))
+    endorse(client, keys, sid, signer, "Anis Hidayah")
+    reminders = Reminders(system, mail=Smtp(smtp.url, 10))
+    after = now + timedelta(hours=11)  # the first consultation over, endorsing closed
+    sent = run(reminders, after)
+    assert sent_rules(sent) == ["registration_confirmed"]
+    assert [str(m["To"]) for m in smtp.inbox.messages] == ["Dewi <later@example.org>"]
+
+
 def open_with_participants(client: TestClient, system: System, people: int) -> datetime:
     """A consultation in nine days, open for registration, with ``people`` registered (each
     registration brings a confirmation notice, due now); returns when it starts."""
