@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,7 +35,7 @@ from uuid import UUID
 from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy import Connection, and_, false, func, or_, select, update
+from sqlalchemy import Connection, Row, Select, and_, false, func, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from infra.bootstrap import System
@@ -199,18 +200,10 @@ class Reminders:
         settled as skipped at fan-out, with no send task (under a campaign's wave of
         endorsements, one per endorsement). An organisation the read side does not know yet
         is not among them: its message waits for the send, which looks again."""
-        ids = sorted(organisation_ids, key=str)
-        found: set[UUID] = set()
-        for start in range(0, len(ids), 500):
-            found.update(
-                conn.execute(
-                    select(organisations.c.organisation_id).where(
-                        organisations.c.organisation_id.in_(ids[start : start + 500]),
-                        or_(organisations.c.email.is_(None), organisations.c.email == ""),
-                    )
-                ).scalars()
-            )
-        return found
+        o = organisations.c
+        silent = select(o.organisation_id).where(or_(o.email.is_(None), o.email == ""))
+        rows = _among(conn, silent, o.organisation_id, organisation_ids)
+        return {row.organisation_id for row in rows}
 
     def _recipients(
         self, conn: Connection, reminder: Any, now: datetime, facts: _Facts
@@ -692,24 +685,21 @@ class _Facts:
 
     @classmethod
     def read(cls, conn: Connection, due: list[Any]) -> _Facts:
-        statements = sorted({r.statement_id for r in due if r.statement_id is not None}, key=str)
-        held = sorted({r.consultation_id for r in due if r.consultation_id is not None}, key=str)
-        deadlines: dict[UUID, datetime | None] = {}
-        ends: dict[UUID, datetime] = {}
-        for start in range(0, max(len(statements), len(held)), 500):
-            if part := statements[start : start + 500]:
-                s = reminder_statements.c
-                rows = conn.execute(
-                    select(s.statement_id, s.deadline).where(s.statement_id.in_(part))
-                )
-                deadlines.update((r.statement_id, r.deadline) for r in rows)
-            if part := held[start : start + 500]:
-                c = consultations.c
-                rows = conn.execute(
-                    select(c.consultation_id, c.ends_at).where(c.consultation_id.in_(part))
-                )
-                ends.update((r.consultation_id, r.ends_at) for r in rows)
-        return cls(deadlines, ends)
+        """The facts :meth:`moot` asks about the notices (no deadline) among ``due``."""
+        notices = [r for r in due if r.deadline is None and r.consultation_id is not None]
+        endorsed = {
+            r.statement_id
+            for r in notices
+            if r.statement_id is not None and r.rule == "endorsement_recorded"
+        }
+        signed_up = {r.consultation_id for r in notices if r.statement_id is None}
+        s, c = reminder_statements.c, consultations.c
+        deadlines = _among(conn, select(s.statement_id, s.deadline), s.statement_id, endorsed)
+        ends = _among(conn, select(c.consultation_id, c.ends_at), c.consultation_id, signed_up)
+        return cls(
+            {r.statement_id: r.deadline for r in deadlines},
+            {r.consultation_id: r.ends_at for r in ends},
+        )
 
     def moot(self, reminder: Any, now: datetime) -> bool:
         """A notice about something already over: a sign-up for a consultation that has
@@ -724,6 +714,17 @@ class _Facts:
             return deadline is None or deadline <= now
         ends_at = self.ends.get(reminder.consultation_id)
         return ends_at is None or ends_at <= now
+
+
+#: Ids in one ``IN`` list at most (far below every back end's limit on parameters).
+IN_CHUNK = 500
+
+
+def _among(conn: Connection, query: Select[Any], column: Any, ids: set[UUID]) -> Iterator[Row[Any]]:
+    """The rows of ``query`` whose ``column`` is one of ``ids``, :data:`IN_CHUNK` ids a query."""
+    ordered = sorted(ids, key=str)
+    for start in range(0, len(ordered), IN_CHUNK):
+        yield from conn.execute(query.where(column.in_(ordered[start : start + IN_CHUNK])))
 
 
 def failure_text(exc: Exception) -> str:

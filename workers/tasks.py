@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-import structlog
 from celery import Task
 
-from workers.celery_app import app, reminders, system
-
-log = structlog.get_logger("concord.worker")
+from workers.celery_app import app, log, reminders, system
 
 #: Messages one send task takes: a wave of a thousand is a few dozen tasks to publish and
 #: run, not a thousand, and still spreads over several workers.
