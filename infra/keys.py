@@ -31,7 +31,7 @@ from typing import Literal
 from uuid import UUID, uuid4
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from infra.db import Database
 from infra.schema import api_keys
@@ -47,6 +47,10 @@ KEY_PATTERN = re.compile(r"concord_([0-9a-f]{8})_([0-9A-Za-z]{43})([0-9A-Za-z]{6
 LEGACY_PATTERN = re.compile(r"concord_([0-9a-f]{8})_[A-Za-z0-9_-]{43}")
 
 audit = structlog.get_logger("concord.audit")
+
+#: Active keys kept per process at most (beyond it they are all forgotten and looked up again).
+CACHED_KEYS = 10_000
+_REVOCATIONS = select(func.count(api_keys.c.revoked_at), func.max(api_keys.c.revoked_at))
 
 
 def checksum(body: str) -> str:
@@ -113,11 +117,18 @@ class ApiKeys:
 
     def __init__(self, db: Database, *, cache_s: float = 0.0) -> None:
         self.db = db
-        #: How long an active key found once is trusted without a lookup (0: always look up).
-        #: A key revoked through another process stops working within this time.
+        #: How often the revocations are checked; between checks an active key found once is
+        #: trusted without a lookup (0: always look up). A key revoked through another process
+        #: stops working within this time.
         self.cache_s = cache_s
-        self._active: dict[str, tuple[Identified, float]] = {}
+        #: Active keys looked up once, by hash: trusted while the revocations are known to be
+        #: as they were when they were looked up (checked at most every ``cache_s``).
+        self._active: dict[str, Identified] = {}
+        #: What the revocations looked like when last checked, and until when that check holds.
+        self._revocations: tuple[int, datetime | None] | None = None
+        self._trusted_until = 0.0
         self._lock = threading.Lock()
+        self._checking = threading.Lock()
 
     def create(
         self,
@@ -177,9 +188,11 @@ class ApiKeys:
         if form == "malformed":
             return Identified(None, "malformed", prefix)
         hashed = digest(secret)
-        hit = self._cached(hashed)
-        if hit is not None:
-            return hit
+        if self.cache_s > 0:
+            self._check_revocations()
+            hit = self._cached(hashed)
+            if hit is not None:
+                return hit
         with self.db.read() as conn:
             row = conn.execute(select(api_keys).where(api_keys.c.key_hash == hashed)).first()
         if row is None:
@@ -188,19 +201,38 @@ class ApiKeys:
         found = Identified(key, "revoked" if key.revoked_at else "active", prefix)
         if self.cache_s > 0 and found.status == "active":
             with self._lock:
-                if len(self._active) > 10_000:
+                if len(self._active) > CACHED_KEYS:
                     self._active.clear()
-                self._active[hashed] = (found, time.monotonic() + self.cache_s)
+                self._active[hashed] = found
         return found
 
     def _cached(self, hashed: str) -> Identified | None:
-        if self.cache_s <= 0:
+        """The active key with this hash, if it is kept and the check of the revocations
+        still holds (no database: the event loop asks this too)."""
+        if self.cache_s <= 0 or time.monotonic() >= self._trusted_until:
             return None
         with self._lock:
-            hit = self._active.get(hashed)
-        if hit is not None and time.monotonic() < hit[1]:
-            return hit[0]
-        return None
+            return self._active.get(hashed)
+
+    def _check_revocations(self) -> None:
+        """Once the last check is ``cache_s`` old: read how many keys are revoked (and the
+        latest revocation). Unchanged, the kept keys are trusted for ``cache_s`` more from
+        when the read began; changed, they are all forgotten. Keys are never un-revoked or
+        deleted, so any revocation changes what is read: one committed through another
+        process is noticed within ``cache_s``."""
+        if time.monotonic() < self._trusted_until:
+            return
+        with self._checking:  # one check at a time; those waiting find it done
+            began = time.monotonic()
+            if began < self._trusted_until:
+                return
+            with self.db.read() as conn:
+                count, latest = conn.execute(_REVOCATIONS).one()
+            with self._lock:
+                if (count, latest) != self._revocations:
+                    self._active.clear()
+                    self._revocations = (count, latest)
+                self._trusted_until = began + self.cache_s
 
     def authenticate(self, secret: str) -> ApiKey | None:
         """The active key with this secret, or None."""
@@ -227,7 +259,7 @@ class ApiKeys:
             ).rowcount
         with self._lock:  # this process stops trusting it at once
             self._active = {
-                h: v for h, v in self._active.items() if v[0].key is None or v[0].key.id != key_id
+                h: v for h, v in self._active.items() if v.key is None or v.key.id != key_id
             }
         key = self.get(key_id)
         if key is not None and changed:

@@ -76,8 +76,9 @@ class Settings(BaseSettings):
     #: per client address for requests without a valid key (none, or a bad one). Shared by the
     #: API processes through Redis; per process in embedded mode.
     rate_limit_enabled: bool = Field(default=True, alias="CONCORD_RATE_LIMIT_ENABLED")
-    #: Seconds an API process trusts an active key it has looked up once (0: look it up on
-    #: every request). A key revoked through another process stops working within this time.
+    #: How often, in seconds, an API process checks whether any key was revoked; between
+    #: checks it trusts the active keys it has looked up (0: look a key up on every request).
+    #: A key revoked through another process stops working within this time.
     key_cache_s: float = Field(default=5.0, ge=0, le=300, alias="CONCORD_KEY_CACHE_S")
     #: Events a process keeps folded in memory, over all the streams it keeps (the stream
     #: used last is kept however long): the bound on what long statements cost in memory.
