@@ -710,7 +710,6 @@ def run_http(
                 consultations=consultations,
                 endorsements=endorsements,
             )
-            _settle(url, progress)
             orgs = workdir / "orgs.txt"
             orgs.write_text("".join(f"{o} {k}\n" for o, k in world.organisations))
             cids = workdir / "consultations.txt"
@@ -740,7 +739,8 @@ def run_http(
                 return result, sampler
 
             background = worker.pids if worker is not None else api.pids
-
+            # The set-up's aftermath first: the notices of the 10,000 endorsements.
+            _quiet(url, background, progress)
             hot, hot_sampler = load(
                 "hot statement",
                 _LUA_HOT,

@@ -1,0 +1,225 @@
+"""Group commit (PostgreSQL): appends arriving together share one statement and one
+sequencing step, and each still succeeds or fails on its own."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from sqlalchemy import text
+
+from infra.bootstrap import System
+from infra.eventstore.group import Pending
+from infra.eventstore.verify import verify_stream
+from services.errors import ConcurrencyError
+from services.ports import NO_STREAM, AppendResult, NewEvent
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pg(pg_system: System) -> System:
+    """SQLite has one writer: its appends are never grouped."""
+    return pg_system
+
+
+def hold_first_group(system: System, until: Callable[[], bool]) -> list[int]:
+    """Make the first leader wait, before it takes its group, until ``until()`` (so others
+    queue behind it); returns the size of every group written."""
+    groups = system.store._groups
+    lead, write = groups._lead, groups._write
+    sizes: list[int] = []
+    first = threading.Event()
+
+    def held_lead(me: Pending) -> None:
+        if not first.is_set():
+            first.set()
+            deadline = time.monotonic() + 10
+            while not until() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        lead(me)
+
+    def counted_write(group: list[Pending]) -> None:
+        sizes.append(len(group))
+        write(group)
+
+    groups._lead = held_lead  # type: ignore[method-assign]
+    groups._write = counted_write  # type: ignore[method-assign]
+    return sizes
+
+
+def queued(system: System) -> int:
+    groups = system.store._groups
+    with groups._lock:
+        return len(groups._queue)
+
+
+def run_all(jobs: list[Callable[[], Any]]) -> list[Any]:
+    """Each job in its own thread, started in order; each one's result or exception."""
+    results: list[Any] = [None] * len(jobs)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = jobs[i]()
+        except Exception as exc:  # each job's own answer
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.005)
+    for thread in threads:
+        thread.join(30)
+    return results
+
+
+def test_appends_arriving_together_are_written_together_each_with_its_own_answer(
+    pg: System,
+) -> None:
+    store = pg.store
+    stale = uuid4()
+    store.append(stale, "consultation", NO_STREAM, [NewEvent("consultation.planned", {"n": 0})])
+    streams = [uuid4() for _ in range(12)]
+    sizes = hold_first_group(pg, until=lambda: queued(pg) >= 14)
+
+    def append(stream_id: UUID, expected: int, n: int) -> Callable[[], AppendResult]:
+        def go() -> AppendResult:
+            events = [
+                NewEvent("consultation.planned", {"n": n}),
+                NewEvent(
+                    "consultation.participant_registered",
+                    {"n": n, "name": {"$personal": {"subject": str(uuid4()), "value": f"P{n}"}}},
+                ),
+            ]
+            return store.append(stream_id, "consultation", expected, events)
+
+        return go
+
+    jobs = [append(uuid4(), NO_STREAM, -1)]  # the leader, held until the rest queue
+    jobs += [append(s, NO_STREAM, n) for n, s in enumerate(streams)]
+    jobs.append(append(stale, 5, 99))  # a stale expected version, in the same group
+    results = run_all(jobs)
+
+    assert sizes == [14], sizes
+    refused = results[-1]
+    assert isinstance(refused, ConcurrencyError), refused
+    assert refused.actual == 1
+    written = results[:-1]
+    assert all(isinstance(r, AppendResult) for r in written), written
+    positions = [e.position for r in written for e in r.events]
+    assert None not in positions
+    assert len(set(positions)) == len(positions)
+    for r in written:
+        assert [e.version for e in r.events] == [1, 2]
+        assert r.events[0].position < r.events[1].position  # in version order
+        assert r.events[1].data["name"]["$personal"]["value"].startswith("P")  # in clear
+    # The log: contiguous positions, every chain intact, nothing of the stale append.
+    with pg.db.read() as conn:
+        numbered = conn.execute(text("SELECT position FROM events ORDER BY position")).scalars()
+        assert list(numbered) == list(range(1, 2 + 2 * len(written)))
+    for r in written:
+        assert verify_stream(pg.db, r.stream_id).ok
+        assert [e.position for e in store.read_stream(r.stream_id)] == [
+            e.position for e in r.events
+        ]
+        opened = store.read_stream(r.stream_id)[1].data["name"]["$personal"]
+        assert opened["value"].startswith("P"), "sealed and opened again"
+    with pg.db.read() as conn:
+        stored = conn.execute(
+            text("SELECT data FROM events WHERE event_type = 'consultation.participant_registered'")
+        ).scalars()
+        assert all("ct" in d["name"]["$personal"] for d in stored), "sealed in the log"
+    assert store.stream_version(stale) == 1
+
+
+def test_a_racing_writer_makes_a_group_write_its_appends_one_at_a_time(pg: System) -> None:
+    """Another process takes a version one append of the group wanted while the group's
+    statement runs: the statement fails as a whole; each append is then written on its own,
+    and only the one that lost the race hears of it."""
+    store = pg.store
+    contested = uuid4()
+    store.append(contested, "statement", NO_STREAM, [NewEvent("statement.started", {"n": 0})])
+    racing = threading.Event()
+    release = threading.Event()
+
+    def other_process() -> None:
+        with pg.db.engine.connect() as conn:
+            trans = conn.begin()
+            store.insert_postgres(
+                conn,
+                contested,
+                "statement",
+                1,
+                [NewEvent("statement.retitled", {"by": "the other process"})],
+                {},
+                datetime.now(UTC),
+            )
+            racing.set()
+            release.wait(10)
+            trans.commit()
+
+    other = threading.Thread(target=other_process)
+    other.start()
+    assert racing.wait(5)
+    sizes = hold_first_group(pg, until=lambda: queued(pg) >= 2)
+    # The group's statement waits on the other process's row; let it commit then.
+    threading.Timer(1.0, release.set).start()
+    fresh = uuid4()
+    singles: list[UUID] = []
+    insert = store.insert_postgres
+
+    def single(conn: Any, stream_id: UUID, *args: Any) -> Any:
+        singles.append(stream_id)
+        return insert(conn, stream_id, *args)
+
+    store.insert_postgres = single  # type: ignore[method-assign]
+    results = run_all(
+        [
+            lambda: store.append(
+                contested, "statement", 1, [NewEvent("statement.retitled", {"by": "us"})]
+            ),
+            lambda: store.append(
+                fresh, "statement", NO_STREAM, [NewEvent("statement.started", {})]
+            ),
+        ]
+    )
+    other.join(10)
+    assert sizes == [2], sizes
+    assert singles == [contested, fresh], "the statement failed as a whole: one at a time"
+    assert isinstance(results[0], ConcurrencyError), results
+    assert results[0].actual == 2
+    assert isinstance(results[1], AppendResult), results
+    assert results[1].events[0].position is not None
+    store.sequence_pending()
+    assert [e.data.get("by") for e in store.read_stream(contested)] == [None, "the other process"]
+    assert verify_stream(pg.db, contested).ok
+    assert store.stream_version(fresh) == 1
+
+
+def test_appends_to_one_stream_are_never_in_one_group(pg: System) -> None:
+    """The second is checked against the stream as the first left it."""
+    store = pg.store
+    stream = uuid4()
+    sizes = hold_first_group(pg, until=lambda: queued(pg) >= 4)
+    results = run_all(
+        [
+            lambda: store.append(
+                uuid4(), "statement", NO_STREAM, [NewEvent("statement.started", {})]
+            ),
+            lambda: store.append(
+                stream, "statement", NO_STREAM, [NewEvent("statement.started", {})]
+            ),
+            lambda: store.append(stream, "statement", 1, [NewEvent("statement.retitled", {})]),
+            lambda: store.append(
+                uuid4(), "statement", NO_STREAM, [NewEvent("statement.started", {})]
+            ),
+        ]
+    )
+    assert all(isinstance(r, AppendResult) for r in results), results
+    assert [e.version for e in store.read_stream(stream)] == [1, 2]
+    assert sizes == [3, 1], sizes
