@@ -24,13 +24,16 @@ from api.threads import in_thread
 from infra.bootstrap import System
 from infra.freshness import Checkpoint, Mark, current, read_mark
 from infra.projections.consultations import ConsultationViews
+from infra.projections.organisations import OrganisationDirectory
 
 V = TypeVar("V")
 
 #: The projection a consultation's document is kept from.
 CONSULTATIONS = ConsultationViews.name
+#: The projection an organisation's details are kept from (an endorsement copies them).
+ORGANISATIONS = OrganisationDirectory.name
 #: The projections whose rows the API keeps (their checkpoints are read with every mark).
-KEPT_PROJECTIONS = (CONSULTATIONS,)
+KEPT_PROJECTIONS = (CONSULTATIONS, ORGANISATIONS)
 #: Documents kept per projection and process.
 VIEW_SIZE = 1024
 

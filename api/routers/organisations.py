@@ -22,11 +22,13 @@ from api.deps import (
     ensure_acts_for,
 )
 from api.fields import Country, Text
+from api.freshness import ORGANISATIONS, View, kept_of
 from api.problems import ProblemError
 from api.routing import Router
 from api.schemas import Problem
 from api.threads import in_thread
 from infra.bootstrap import System
+from infra.freshness import checkpoint_of, with_checkpoint
 from infra.projections.consultations import consultations, registrations
 from infra.projections.organisations import organisations
 from services.organisations.commands import KINDS, RegisterOrganisation, ReviseOrganisation
@@ -262,16 +264,34 @@ def _attended(system: System, organisation_id: UUID) -> list[Attendance]:
     return [Attendance(**row._mapping) for row in rows]
 
 
-async def load_organisation(system: SystemDep, organisation_id: UUID) -> OrganisationPublic:
+async def load_organisation(
+    system: SystemDep, organisation_id: UUID, request: Request | None = None
+) -> OrganisationPublic:
+    """The organisation as its projection shows it. With ``request``: what this process kept
+    of it, unless the projection's rows changed since (one check shared with the requests
+    around it; see api/freshness.py) — no thread hop and no query for an organisation that
+    endorses, withdraws and endorses again."""
+    view: View[OrganisationPublic] | None = None
+    query = select(organisations).where(organisations.c.organisation_id == organisation_id)
+    if request is not None:
+        kept = kept_of(request)
+        view = kept.views[ORGANISATIONS]
+        if organisation_id in view:
+            found = view.get(organisation_id, await kept.mark())
+            if found is not None:
+                return found
+        query = with_checkpoint(query, ORGANISATIONS)
+
     def load() -> object:
         with system.db.read() as conn:
-            return conn.execute(
-                select(organisations).where(organisations.c.organisation_id == organisation_id)
-            ).first()
+            return conn.execute(query).first()
 
     row = await in_thread(load)
     if row is None:
         raise ProblemError(
             404, "Not found", f"No organisation {organisation_id}.", type_="unknown-organisation"
         )
-    return _public(row)
+    organisation = _public(row)
+    if view is not None:
+        view.keep(organisation_id, checkpoint_of(row), organisation)
+    return organisation

@@ -407,7 +407,7 @@ async def endorse(
 ) -> dict[str, Any]:
     """Endorse the finalised text for one organisation (each only for itself, once)."""
     ensure_acts_for(principal, body.organisation_id)
-    organisation = await load_organisation(system, body.organisation_id)
+    organisation = await load_organisation(system, body.organisation_id, request)
     outcome = await _command(
         system,
         request,

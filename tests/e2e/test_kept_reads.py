@@ -308,3 +308,53 @@ def test_kept_rows_are_current_until_their_projection_moves() -> None:
     assert view.get(keys[2], Mark(5, 0, {"consultations": (5, t1)})) == str(keys[2])
     assert view.get(keys[2], Mark(6, 0, {"consultations": (6, t1)})) is None
     assert keys[2] not in view
+
+
+def test_an_endorsement_copies_the_organisation_kept_until_it_changes_anywhere(
+    client: TestClient, other: TestClient, keys: Keys, system: System
+) -> None:
+    """Endorsing copies the organisation's name, country and kind into the event. The
+    process keeps the organisation it read for that, so an organisation endorsing again (and
+    withdrawing in between) costs no read of it; renamed through another process, the next
+    endorsement copies the new name."""
+    organiser = keys.organiser
+    sid = finalised(client, keys)
+    oid = org(client, organiser, "Migrant Workers Network")
+    lookups: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM organisations" in statement and "organisations.organisation_id =" in statement:
+            lookups.append(statement)
+
+    event.listen(system.db.engine, "before_cursor_execute", record)
+    try:
+
+        def endorse_and_withdraw() -> None:
+            r = client.post(
+                f"/v1/statements/{sid}/endorsements",
+                json={"organisation_id": oid, "signatory_name": "Hoa", "signatory_title": "Chair"},
+                headers=organiser,
+            )
+            assert r.status_code == 201, r.text
+            r = client.delete(f"/v1/statements/{sid}/endorsements/{oid}", headers=organiser)
+            assert r.status_code == 200, r.text
+
+        for _ in range(3):
+            endorse_and_withdraw()
+        assert len(lookups) == 1, "read once, then kept"
+        r = other.patch(
+            f"/v1/organisations/{oid}",
+            json={"name": "Migrant Workers Network Asia"},
+            headers=organiser,
+        )
+        assert r.status_code == 200, r.text
+        endorse_and_withdraw()
+        assert len(lookups) == 2, "read again once it changed"
+    finally:
+        event.remove(system.db.engine, "before_cursor_execute", record)
+    names = [
+        e.data["organisation_name"]
+        for e in system.store.read_stream(sid)
+        if e.type == "statement.endorsed"
+    ]
+    assert names == ["Migrant Workers Network"] * 3 + ["Migrant Workers Network Asia"]
