@@ -40,7 +40,9 @@ from infra.freshness import checkpoint_of, with_checkpoint
 from infra.projections.consultations import consultations, document, registrations
 from infra.projections.organisations import organisations
 from infra.projections.series import series as series_table
+from services.bus import Outcome
 from services.consultations import commands as c
+from services.consultations.events import ParticipantRegistered
 from services.consultations.model import CONSULTATION, Consultation, status_at
 from services.people import person_id
 from services.series.commands import JoinSeries
@@ -493,8 +495,32 @@ async def register(
     response.headers["Location"] = (
         f"/v1/consultations/{consultation_id}/registrations/{registration_id}"
     )
-    row = await _registration(system, registration_id)
+    row = _registered(outcome) or await _registration(system, registration_id)
     return {**row.model_dump(mode="json"), "status": status}
+
+
+def _registered(outcome: Outcome) -> RegistrationPublic | None:
+    """A new registration with a seat as the roster shows it, from its own event: nothing to
+    read back (a waitlisted one's place in line is the roster's to say)."""
+    event = outcome.events[0] if outcome.events else None
+    if not isinstance(event, ParticipantRegistered) or not outcome.recorded:
+        return None
+    at = outcome.recorded[0].recorded_at
+    return RegistrationPublic(
+        id=event.registration_id,
+        consultation_id=event.consultation_id,
+        name=event.name.value,
+        email=event.email.value,
+        organisation_id=event.organisation_id,
+        role=event.role,
+        country=event.country,
+        status="registered",
+        waitlist_position=None,
+        checked_in=False,
+        working_group_id=None,
+        registered_at=at,
+        updated_at=at,
+    )
 
 
 @router.post("", status_code=201, responses=ERRORS)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import uuid4
 
 import icalendar
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
+from infra.bootstrap import System
 from tests.e2e.conftest import Keys
 
 PROBLEM = "application/problem+json"
@@ -389,3 +392,45 @@ def test_a_series_shows_its_progress(client: TestClient, setup: dict) -> None:
     assert progress["progress"]["done"] == ["VN"]
     assert "VN" not in progress["progress"]["remaining"]
     assert len(progress["progress"]["remaining"]) == 6
+
+
+def test_a_registration_answers_as_the_roster_then_shows_it(
+    client: TestClient, setup: dict, system: System
+) -> None:
+    """A registration with a seat answers from its own event, without reading the roster
+    back; the answer is what the roster shows. One beyond capacity is read back (its place in
+    line is the roster's to say)."""
+    open_registration(client, setup)
+    url, organiser = setup["url"], setup["organiser"]
+    roster_reads: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM registrations" in statement:
+            roster_reads.append(statement)
+
+    event.listen(system.db.engine, "before_cursor_execute", record)
+    try:
+        answers = [
+            client.post(
+                f"{url}/registrations",
+                json={
+                    "name": f"  Nguyễn Thị Hoa {n} ",
+                    "email": f"Hoa.{n}@Example.org",
+                    "role": "delegate",
+                    "organisation_id": setup["hrwg"],
+                    "country": "VN",
+                },
+                headers=organiser,
+            )
+            for n in range(3)  # capacity 2: the third waits in line
+        ]
+    finally:
+        event.remove(system.db.engine, "before_cursor_execute", record)
+    assert [a.status_code for a in answers] == [201, 201, 201], answers[-1].text
+    assert [a.json()["status"] for a in answers] == ["registered", "registered", "waitlisted"]
+    assert len(roster_reads) == 1, "only the waitlisted one is read back"
+    roster = client.get(f"{url}/registrations?limit=10", headers=organiser).json()["data"]
+    shown = {r["id"]: r for r in roster}
+    for answer in answers:
+        assert answer.json() == shown[answer.json()["id"]]
+    assert answers[2].json()["waitlist_position"] == 1
