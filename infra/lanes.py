@@ -199,11 +199,17 @@ class Lanes:
             return snapshot
 
     def kept_at(
-        self, decider: Decider[Any, Any], stream_id: UUID, seen: Mark
+        self,
+        decider: Decider[Any, Any],
+        stream_id: UUID,
+        seen: Mark,
+        *,
+        at_least: int | None = None,
     ) -> Snapshot[Any] | None:
-        """What :meth:`load` with ``seen`` answers without reading anything, else None: no
-        I/O and no fold lock, so an event loop may ask it before handing the load to a thread."""
-        return self._kept(decider, stream_id, seen.epoch, None, seen)
+        """What :meth:`load` with ``seen`` (and ``at_least``) answers without reading
+        anything, else None: no I/O and no fold lock, so an event loop may ask it before
+        handing the load to a thread."""
+        return self._kept(decider, stream_id, seen.epoch, at_least, seen)
 
     def _kept(
         self,

@@ -171,7 +171,9 @@ async def _fold(
 
     # Kept and known current at ``seen``: no thread needed.
     kept = (
-        system.lanes.kept_at(STATEMENT, statement_id, seen) if latest and seen is not None else None
+        system.lanes.kept_at(STATEMENT, statement_id, seen, at_least=at_least)
+        if latest and seen is not None
+        else None
     )
     folded = Folded.of(kept) if kept is not None else await in_thread(fold)
     if not folded.state.exists:
@@ -462,7 +464,7 @@ async def withdraw_endorsement(
         statement_id,
         s.WithdrawEndorsement(statement_id, organisation_id, body.reason if body else None),
     )
-    return await _answer(system, done, response)
+    return await _answer(system, done, response, request)
 
 
 @router.get("/v1/statements/{statement_id}/document.{kind}", responses={404: {"model": Problem}})
@@ -517,10 +519,15 @@ async def _command(
     return await run(system, request, response, principal, STATEMENT, statement_id, cmd)
 
 
-async def _answer(system: System, done: Outcome, response: Response) -> dict[str, Any]:
+async def _answer(
+    system: System, done: Outcome, response: Response, request: Request
+) -> dict[str, Any]:
     """The statement as the command ``done`` left it (or later): what this process kept of it
-    after running the command, without reading the stream again."""
-    folded = await _fold(system, done.stream_id, at_least=done.version)
+    after running the command, without reading the stream again. Whether a name in it was
+    erased meanwhile is told by a mark read after the command (shared with the requests
+    around it: api/freshness.py), not by a query of its own."""
+    seen = await kept_of(request).mark()
+    folded = await _fold(system, done.stream_id, at_least=done.version, seen=seen)
     etag(response, folded.version)
     return document(folded, system.settings.public_url)
 
@@ -556,7 +563,7 @@ async def start_drafting(
         ),
     )
     response.headers["Location"] = f"/v1/statements/{statement_id}"
-    return await _answer(system, done, response)
+    return await _answer(system, done, response, request)
 
 
 @router.post("/v1/statements/{statement_id}/recommendations", status_code=201, responses=ERRORS)
@@ -580,7 +587,7 @@ async def add_recommendation(
             statement_id, rid, body.thematic_area, body.text, tuple(body.addressed_to)
         ),
     )
-    return await _answer(system, done, response)
+    return await _answer(system, done, response, request)
 
 
 @router.patch("/v1/statements/{statement_id}/recommendations/{recommendation_id}", responses=ERRORS)
@@ -607,7 +614,7 @@ async def revise_recommendation(
             tuple(body.addressed_to) if body.addressed_to is not None else None,
         ),
     )
-    return await _answer(system, done, response)
+    return await _answer(system, done, response, request)
 
 
 @router.delete(
@@ -631,7 +638,7 @@ async def withdraw_recommendation(
         statement_id,
         s.WithdrawRecommendation(statement_id, recommendation_id, body.reason if body else None),
     )
-    return await _answer(system, done, response)
+    return await _answer(system, done, response, request)
 
 
 @router.post("/v1/statements/{statement_id}/amendments", status_code=201, responses=ERRORS)
@@ -674,7 +681,7 @@ async def propose_amendment(
         ),
     )
     response.headers["Location"] = f"/v1/statements/{statement_id}/amendments/{aid}"
-    return {**await _answer(system, done, response), "amendment_id": str(aid)}
+    return {**await _answer(system, done, response, request), "amendment_id": str(aid)}
 
 
 @router.post("/v1/statements/{statement_id}/amendments/{amendment_id}/accept", responses=ERRORS)
@@ -695,7 +702,7 @@ async def accept_amendment(
         statement_id,
         s.AcceptAmendment(statement_id, amendment_id),
     )
-    return await _answer(system, done, response)
+    return await _answer(system, done, response, request)
 
 
 @router.post("/v1/statements/{statement_id}/amendments/{amendment_id}/reject", responses=ERRORS)
@@ -717,7 +724,7 @@ async def reject_amendment(
         statement_id,
         s.RejectAmendment(statement_id, amendment_id, body.reason),
     )
-    return await _answer(system, done, response)
+    return await _answer(system, done, response, request)
 
 
 @router.post("/v1/statements/{statement_id}/finalise", responses=ERRORS)
@@ -742,7 +749,7 @@ async def finalise(
             statement_id, body.endorsement_deadline.astimezone(UTC), consultation["timezone"]
         ),
     )
-    return await _answer(system, done, response)
+    return await _answer(system, done, response, request)
 
 
 @router.post("/v1/statements/{statement_id}/reopen", responses=ERRORS)
@@ -763,7 +770,7 @@ async def reopen(
         statement_id,
         s.ReopenStatement(statement_id, body.reason),
     )
-    return await _answer(system, done, response)
+    return await _answer(system, done, response, request)
 
 
 @router.post("/v1/statements/{statement_id}/close-endorsements", responses=ERRORS)
@@ -778,7 +785,7 @@ async def close_endorsements(
     done = await _command(
         system, request, response, principal, statement_id, s.CloseEndorsements(statement_id)
     )
-    return await _answer(system, done, response)
+    return await _answer(system, done, response, request)
 
 
 @router.post("/v1/statements/{statement_id}/publish", status_code=202, responses=ERRORS)
