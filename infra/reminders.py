@@ -110,6 +110,7 @@ class Reminders:
         """Fan out what has fallen due; return the message keys that are ready to send."""
         now = now or datetime.now(UTC)
         self.system.projector.catch_up(names=["reminders"])
+        self._clear_fanned(now)
         due = self._due_unfanned(now)
         if due:
             try:
@@ -130,16 +131,34 @@ class Reminders:
         return self._ready(now)
 
     def _due_unfanned(self, now: datetime) -> list[Any]:
+        """Reminders that fell due and were not fanned out, oldest first: read through the
+        index of pending ones (not every reminder that ever fell due)."""
         with self.db.read() as conn:
             return list(
                 conn.execute(
                     select(reminders)
                     .outerjoin(reminder_fanouts, reminder_fanouts.c.reminder_key == reminders.c.key)
-                    .where(reminders.c.due_at <= now, reminder_fanouts.c.reminder_key.is_(None))
+                    .where(
+                        reminders.c.pending,
+                        reminders.c.due_at <= now,
+                        reminder_fanouts.c.reminder_key.is_(None),
+                    )
                     .order_by(reminders.c.due_at)
                     .limit(TICK_LIMIT)
                 )
             )
+
+    def _clear_fanned(self, now: datetime) -> None:
+        """Clear the mark of due reminders that are fanned out already but still marked
+        pending: written again after their fan-out (a rebuild of the projection), or by an
+        older process. Only pending ones are read, so with nothing to clear this is cheap."""
+        fanned = (
+            select(reminder_fanouts.c.reminder_key)
+            .where(reminder_fanouts.c.reminder_key == reminders.c.key)
+            .exists()
+        )
+        with self.db.write() as conn:
+            _unmark(conn, reminders.c.pending, reminders.c.due_at <= now, fanned)
 
     def _fan_out(self, due: list[Any], now: datetime) -> None:
         """Mark reminders fanned out and queue their messages, all in one transaction (one
@@ -164,6 +183,10 @@ class Reminders:
             ]
             mark = insert_or_skip(conn, reminder_fanouts).returning(reminder_fanouts.c.reminder_key)
             marked = set(conn.execute(mark, marks).scalars())
+            # Every one of them is fanned out now (by this transaction or another scheduler's).
+            fanned = sorted(r.key for r in due)
+            for start in range(0, len(fanned), IN_CHUNK):
+                _unmark(conn, reminders.c.key.in_(fanned[start : start + IN_CHUNK]))
             rows = [
                 {
                     "key": key,
@@ -718,6 +741,14 @@ class _Facts:
 
 #: Ids in one ``IN`` list at most (far below every back end's limit on parameters).
 IN_CHUNK = 500
+
+
+def _unmark(conn: Connection, *where: Any) -> None:
+    """Clear the pending mark of the reminders ``where`` says, skipping any that another
+    transaction holds (the projection rewriting them): those stay marked and are cleared by
+    a later tick, and the tick never waits for, or deadlocks with, the projection."""
+    held = select(reminders.c.key).where(*where).with_for_update(skip_locked=True)
+    conn.execute(reminders.update().where(reminders.c.key.in_(held)).values(pending=False))
 
 
 def _among(conn: Connection, query: Select[Any], column: Any, ids: set[UUID]) -> Iterator[Row[Any]]:

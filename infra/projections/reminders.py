@@ -11,6 +11,7 @@ from uuid import UUID
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Connection,
     Executable,
@@ -21,6 +22,8 @@ from sqlalchemy import (
     Table,
     Uuid,
     select,
+    text,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -80,8 +83,19 @@ reminders = Table(
     Column("due_at", UtcDateTime(), nullable=False),
     Column("audience", Json, nullable=False),
     Column("position", BigInteger, nullable=False),
+    #: Not fanned out yet, as far as the scheduler has noticed: every reminder is written
+    #: pending, and the scheduler clears it once the reminder is in ``reminder_fanouts``
+    #: (infra/reminders.py). So the tick's search for what fell due reads only these, not every
+    #: reminder that ever fell due (a campaign leaves one notice per endorsement behind).
+    Column("pending", Boolean, nullable=False, server_default=true()),
     Index("ix_reminders_due_at", "due_at"),
     Index("ix_reminders_consultation_id", "consultation_id"),
+    Index(
+        "ix_reminders_pending_due_at",
+        "due_at",
+        postgresql_where=text("pending"),
+        sqlite_where=text("pending"),
+    ),
 )
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import select
 from api.main import create_app
 from infra.bootstrap import System
 from infra.mail.transport import Maildir, Smtp
+from infra.projections.rebuild import rebuild
 from infra.projections.reminders import reminders as reminders_table
 from infra.reminders import Reminders
 from infra.schema import mail_outbox, reminder_fanouts
@@ -645,3 +646,37 @@ def test_smtp_with_starttls_and_a_login(
                 message, "k"
             )
         assert len(server.inbox.messages) == 1
+
+
+def pending(system: System) -> dict[str, bool]:
+    with system.db.read() as conn:
+        rows = conn.execute(select(reminders_table.c.key, reminders_table.c.pending))
+        return {r.key: r.pending for r in rows}
+
+
+def test_a_tick_reads_only_reminders_not_fanned_out_and_a_rebuild_sends_nothing_twice(
+    client: TestClient, system: System, smtp: MailServer
+) -> None:
+    """Every reminder is written pending; fanned out, it is not any more, so a tick does not
+    wade through every notice a campaign left behind. A rebuild of the projection writes them
+    all pending again: nothing is sent twice, and the next tick clears the marks."""
+    starts = open_with_participants(client, system, 4)
+    reminders = Reminders(system, mail=Smtp(smtp.url, 10))
+    now = datetime.now(UTC)
+    system.projector.catch_up(names=["reminders"])
+    before = pending(system)
+    assert before and all(before.values()), "written pending"
+    assert len(run(reminders, now)) == 4
+    after = pending(system)
+    confirmations = [k for k in after if k.startswith("registration_confirmed/")]
+    assert len(confirmations) == 4
+    assert not any(after[k] for k in confirmations), "fanned out: no longer pending"
+    assert all(v for k, v in after.items() if k not in confirmations), "not due yet: pending"
+
+    rebuild(system.db, system.store, system.projector.projections["reminders"])
+    assert all(pending(system).values()), "a rebuild writes them all pending again"
+    assert run(reminders, now) == [], "fanned out before: not again"
+    assert not any(pending(system)[k] for k in confirmations)
+    due = starts - timedelta(days=7) + MINUTE
+    assert len(run(reminders, due)) == 4, "the next reminder still goes out"
+    assert len(smtp.inbox.messages) == 8
