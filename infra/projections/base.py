@@ -27,7 +27,9 @@ class Projection(Protocol):
     position, time), so it is fed events with empty ``data`` and ``metadata``, read without
     their JSON; ``personal = False`` says it reads the payload but none of the personal data in
     it, which is left sealed (no key lookup, nothing decrypted: a relay has no use for a name;
-    an upcaster then sees those fields sealed).
+    an upcaster then sees those fields sealed); ``before_swap(conn, tables)`` finishes a
+    rebuilt copy inside the transaction that swaps it in (for state another component keeps
+    on the rows, such as the scheduler's mark of what is fanned out).
     """
 
     name: str

@@ -80,6 +80,9 @@ def rebuild(
         ):
             projection.apply(conn, shadows, page)
             position = page[-1].position or position
+        finish = getattr(projection, "before_swap", None)
+        if finish is not None:
+            finish(conn, shadows)
         for name, table in live.items():
             _swap(conn, db, table, shadows[name])
         projector.save(conn, projection.name, position)

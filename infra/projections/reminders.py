@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 from infra.projections.base import Tables
-from infra.schema import UtcDateTime, metadata
+from infra.schema import UtcDateTime, metadata, reminder_fanouts
 from services.invitations.model import STREAM_TYPE as INVITATION_STREAM
 from services.ports import RecordedEvent
 from services.reminders.rules import (
@@ -83,10 +83,11 @@ reminders = Table(
     Column("due_at", UtcDateTime(), nullable=False),
     Column("audience", Json, nullable=False),
     Column("position", BigInteger, nullable=False),
-    #: Not fanned out yet, as far as the scheduler has noticed: every reminder is written
-    #: pending, and the scheduler clears it once the reminder is in ``reminder_fanouts``
-    #: (infra/reminders.py). So the tick's search for what fell due reads only these, not every
-    #: reminder that ever fell due (a campaign leaves one notice per endorsement behind).
+    #: Not fanned out yet: every reminder is written pending, and the scheduler clears it once
+    #: the reminder is in ``reminder_fanouts`` (infra/reminders.py), as does a rebuild before
+    #: it swaps the rows in (``before_swap``): pending = not fanned out, kept by the scheduler.
+    #: So the tick's search for what fell due reads only these, not every reminder that ever
+    #: fell due (a campaign leaves one notice per endorsement behind).
     Column("pending", Boolean, nullable=False, server_default=true()),
     Index("ix_reminders_due_at", "due_at"),
     Index("ix_reminders_consultation_id", "consultation_id"),
@@ -129,6 +130,17 @@ class ReminderSchedule:
     #: Ids, times and reasons only: names and addresses are looked up when a message is sent,
     #: so the worker's pages need no key lookup and nothing decrypted for it.
     personal = False
+
+    @staticmethod
+    def before_swap(conn: Connection, tables: Tables) -> None:
+        """A rebuilt schedule marks pending only what the scheduler has not fanned out."""
+        rows = tables["reminders"]
+        fanned = (
+            select(reminder_fanouts.c.reminder_key)
+            .where(reminder_fanouts.c.reminder_key == rows.c.key)
+            .exists()
+        )
+        conn.execute(rows.update().where(rows.c.pending, fanned).values(pending=False))
 
     def apply(self, conn: Connection, tables: Tables, events: Sequence[RecordedEvent]) -> None:
         run = _Run(conn, tables)
