@@ -5,10 +5,10 @@ registering for a hundred consultations). Each append used to be a statement, a 
 sequencing step of its own; most of the server's time went to those steps. Now the first
 thread to find the store idle *leads*: it takes every append queued at that moment (one per
 stream, up to a bound) and hands them to the store's writer as one group — one statement, one
-commit, one sequencing step. Threads arriving meanwhile queue up; when the leader's group is
-written it hands the lead to the first of them, whose group holds everyone queued by then.
-Nobody waits for a group to fill: an append that finds the store idle is written at once, on
-its own.
+commit, one sequencing step. Threads arriving meanwhile queue up; once the leader's group is
+committed it hands the lead to the first of them, whose group holds everyone queued by then,
+and only then waits for its own group's positions. Nobody waits for a group to fill: an
+append that finds the store idle is written at once, on its own.
 
 Each append in a group still succeeds or fails on its own (the writer sees to that: a stream
 not at its expected version fails only its own append), and each waiting thread gets its own
@@ -52,12 +52,15 @@ class Pending:
 
 
 class Groups:
-    """Leads appends into groups for ``write``, which must give every append of the group
-    its result (or exception) before it returns."""
+    """Leads appends into groups. ``write`` writes a group (each append gets its result or
+    exception, or is left for later) and returns what finishes it — the wait for the
+    events' positions — which runs after the lead has passed on, so the next group is
+    written meanwhile: a slow sequencing step (an old transaction holding the horizon back)
+    never holds the process's other appends."""
 
     def __init__(
         self,
-        write: Callable[[list[Pending]], None],
+        write: Callable[[list[Pending]], Callable[[], None] | None],
         *,
         max_appends: int = MAX_APPENDS,
         max_events: int = MAX_EVENTS,
@@ -87,20 +90,27 @@ class Groups:
         return result
 
     def _lead(self, me: Pending) -> None:
-        while me.result is None:
-            with self._lock:
-                group = self._take()
+        with self._lock:
+            group = self._take()  # ``me`` first: the leader is always at the queue's head
+        finish = None
+        try:
+            finish = self._write(group)
+        except BaseException as failure:  # the writer broke: nobody's append is known
+            _fail(group, failure)
+        self._hand_off()
+        if finish is not None:
             try:
-                self._write(group)
-            except BaseException as failure:  # the writer broke: nobody's append is known
-                for pending in group:
-                    if pending.result is None:
-                        pending.result = failure
-            for pending in group:
-                if pending.result is None:
-                    pending.result = RuntimeError("the group's writer gave this append no result")
-                if pending is not me:
-                    pending.woken.set()
+                finish()
+            except BaseException as failure:
+                _fail(group, failure)
+        for pending in group:
+            if pending.result is None:
+                pending.result = RuntimeError("the group's writer gave this append no result")
+            if pending is not me:
+                pending.woken.set()
+
+    def _hand_off(self) -> None:
+        """The lead to the first append waiting, or the store idle."""
         with self._lock:
             if not self._queue:
                 self._busy = False
@@ -127,3 +137,9 @@ class Groups:
             events += len(pending.events)
         self._queue = left
         return group
+
+
+def _fail(group: list[Pending], failure: BaseException) -> None:
+    for pending in group:
+        if pending.result is None:
+            pending.result = failure

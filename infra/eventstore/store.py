@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -221,11 +221,13 @@ class SqlEventStore:
         )
         return AppendResult(stream_id=stream_id, version=versions[-1], events=recorded)
 
-    def _write_group(self, group: list[Pending]) -> None:
-        """Write a group of appends (:mod:`infra.eventstore.group`), giving each its result:
-        their personal data sealed together, then one statement and one sequencing step on
-        one connection. Should the statement fail as a whole (a racing writer took a version
-        one of them wanted), each is written again on its own, with its own answer."""
+    def _write_group(self, group: list[Pending]) -> Callable[[], None]:
+        """Write a group of appends (:mod:`infra.eventstore.group`): their personal data
+        sealed together, then one statement and one commit. Should the statement fail as a
+        whole (a racing writer took a version one of them wanted), each is written again on
+        its own; one that fails gets its own error. Returns the sequencing step for what was
+        written, which waits for the positions and gives each append its result (run once
+        the lead has passed on)."""
         everything = [e for pending in group for e in pending.events]
         sealed = self.keyring.seal(everything) if self.keyring is not None else everything
         stored: list[Sequence[NewEvent]] = []
@@ -234,31 +236,47 @@ class SqlEventStore:
             stored.append(sealed[at : at + len(pending.events)])
             at += len(pending.events)
         with self.db.autocommit() as conn:
-            if len(group) > 1 and self._insert_group(conn, group, stored):
+            written = self._insert_group(conn, group, stored) if len(group) > 1 else None
+            if written is None:
+                written = []
+                for pending, events in zip(group, stored, strict=True):
+                    try:
+                        ids, versions, hashes = self.insert_postgres(
+                            conn,
+                            pending.stream_id,
+                            pending.stream_type,
+                            pending.expected,
+                            events,
+                            pending.metas,
+                            pending.recorded_at,
+                        )
+                    except Exception as failure:
+                        pending.result = failure
+                    else:
+                        written.append((pending, list(zip(versions, ids, hashes, strict=True))))
+
+        def sequence() -> None:
+            ids = [insert_id for _, rows in written for _, insert_id, _ in rows]
+            if not ids:
                 return
-            for pending, events in zip(group, stored, strict=True):
-                try:
-                    _, versions, hashes = self.insert_postgres(
-                        conn,
-                        pending.stream_id,
-                        pending.stream_type,
-                        pending.expected,
-                        events,
-                        pending.metas,
-                        pending.recorded_at,
-                    )
-                    positions = self._sequence(conn, pending.stream_id, versions[0], versions[-1])
-                except Exception as failure:
-                    pending.result = failure
-                else:
-                    pending.result = (versions, positions, hashes)
+            with self.db.autocommit() as conn:
+                positions = iter(self._sequence_ids(conn, ids))
+            for pending, rows in written:
+                pending.result = (
+                    [version for version, _, _ in rows],
+                    [next(positions) for _ in rows],
+                    [chain_hash for _, _, chain_hash in rows],
+                )
+
+        return sequence
 
     def _insert_group(
         self, conn: Connection, group: list[Pending], stored: list[Sequence[NewEvent]]
-    ) -> bool:
-        """Several streams' appends in one statement (each only if its stream is at its
-        expected version), then one sequencing step for all of them. False (and nothing
-        written) if the statement failed: a racing writer took a version one of them wanted."""
+    ) -> list[tuple[Pending, list[tuple[int, int, str]]]] | None:
+        """Several streams' appends in one statement, each only if its stream is at its
+        expected version (one that is not gets its error); the rows written, as (version,
+        insert id, chain hash) per append. None (and nothing written) if the statement failed
+        as a whole: a racing writer took a version one of them wanted."""
         payload = []
         for pending, events in zip(group, stored, strict=True):
             hashes = _content_hashes(
@@ -279,7 +297,7 @@ class SqlEventStore:
                     _PG_APPEND_GROUP, {"genesis": GENESIS, "groups": orjson.dumps(payload).decode()}
                 )
             except psycopg.IntegrityError:
-                return False
+                return None
             by_stream: dict[UUID, list[tuple[int, int, str]]] = {}
             for insert_id, stream_id, version, chain_hash in cur.fetchall():
                 by_stream.setdefault(stream_id, []).append((version, insert_id, chain_hash))
@@ -291,15 +309,7 @@ class SqlEventStore:
                     pending.result = ConcurrencyError(pending.stream_id, pending.expected, actual)
                     continue
                 written.append((pending, rows))
-        ids = [insert_id for _, rows in written for _, insert_id, _ in rows]
-        positions = iter(self._sequence_ids(conn, ids) if ids else [])
-        for pending, rows in written:
-            pending.result = (
-                [version for version, _, _ in rows],
-                [next(positions) for _ in rows],
-                [chain_hash for _, _, chain_hash in rows],
-            )
-        return True
+        return written
 
     def insert_postgres(
         self,
@@ -407,29 +417,16 @@ class SqlEventStore:
             )
         return [r["version"] for r in rows], [r["position"] for r in rows], hashes
 
-    def _sequence(
-        self, conn: Connection, stream_id: UUID, first: int, last: int
-    ) -> list[int | None]:
-        """Number committed events; wait (bounded) until versions first..last have positions."""
-        params = {"stream_id": stream_id, "first": first, "last": last}
-        return self._positions(conn, _PG_SEQUENCE, params, last - first + 1)
-
     def _sequence_ids(self, conn: Connection, ids: list[int]) -> list[int | None]:
-        """The same for events of several streams, by their insert ids."""
-        return self._positions(conn, _PG_SEQUENCE_IDS, {"ids": ids}, len(ids))
-
-    def _positions(
-        self, conn: Connection, sequence: str, params: dict[str, Any], count: int
-    ) -> list[int | None]:
-        """Run the sequencing step ``sequence`` until the ``count`` positions it returns are
-        all numbered, or the deadline passes."""
+        """Number committed events; wait (bounded) until the events with these insert ids
+        have positions."""
         deadline = time.monotonic() + self.sequence_timeout_s
         pause = 0.0002
         with driver_cursor(conn) as cur:
             while True:
-                cur.execute(sequence, params)
+                cur.execute(_PG_SEQUENCE_IDS, {"ids": ids})
                 row = cur.fetchone()
-                positions: list[int | None] = row[0] if row else [None] * count
+                positions: list[int | None] = row[0] if row else [None] * len(ids)
                 if all(p is not None for p in positions) or time.monotonic() >= deadline:
                     # Past the deadline an older transaction is still open: the events are
                     # committed and will be numbered as soon as it ends (background sequencer).

@@ -112,7 +112,7 @@ def test_a_connection_killed_after_its_commit_is_settled_by_a_retry_with_the_sam
             conn.execute("SELECT pg_advisory_lock(%s)", (SEQUENCER_LOCK,))
             since = now(conn)
             pending = pool.submit(client.post, "/v1/organisations", json=HRWG, headers=headers)
-            kill(conn, backend_waiting(conn, "concord_sequence_events", since=since))
+            kill(conn, backend_waiting(conn, "concord_sequence_ids", since=since))
             answer = pending.result(timeout=30)
             conn.execute("SELECT pg_advisory_unlock(%s)", (SEQUENCER_LOCK,))
         assert_unavailable(answer)

@@ -10,9 +10,11 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
+import psycopg
 import pytest
 from sqlalchemy import text
 
+from infra.bench.plain import pg_conninfo
 from infra.bootstrap import System
 from infra.db import Database
 from infra.eventstore.group import Pending
@@ -22,6 +24,9 @@ from services.errors import ConcurrencyError
 from services.ports import NO_STREAM, AppendResult, NewEvent
 
 pytestmark = pytest.mark.postgres
+
+#: The sequencer's own advisory lock (migration 0001).
+SEQUENCER_LOCK = 0x434F_4E43_4F52
 
 
 @pytest.fixture
@@ -46,9 +51,9 @@ def hold_first_group(system: System, until: Callable[[], bool]) -> list[int]:
                 time.sleep(0.01)
         lead(me)
 
-    def counted_write(group: list[Pending]) -> None:
+    def counted_write(group: list[Pending]) -> Callable[[], None] | None:
         sizes.append(len(group))
-        write(group)
+        return write(group)
 
     groups._lead = held_lead  # type: ignore[method-assign]
     groups._write = counted_write  # type: ignore[method-assign]
@@ -280,3 +285,36 @@ def test_two_processes_of_writers_racing_on_a_few_streams_lose_and_double_nothin
         mine = [e for e in log if e.stream_id == stream]
         assert [e.version for e in mine] == list(range(1, len(mine) + 1))
         assert verify_stream(pg.db, stream).ok
+
+
+def test_a_group_waiting_for_its_positions_holds_back_no_other_append(pg: System) -> None:
+    """Positions wait for the sequencer (here: its lock held, as a crashed or slow run
+    would). A group waits for them only after it has passed the lead on, so the process's
+    next appends are still written meanwhile."""
+    store = pg.store
+    first, second = uuid4(), uuid4()
+    with psycopg.connect(pg_conninfo(pg.settings.database_url), autocommit=True) as admin:
+        admin.execute("SELECT pg_advisory_lock(%s)", (SEQUENCER_LOCK,))
+        waiting = threading.Thread(
+            target=store.append,
+            args=(first, "statement", NO_STREAM, [NewEvent("statement.started", {})]),
+        )
+        waiting.start()
+        deadline = time.monotonic() + 5
+        while store.stream_version(first) == 0:
+            assert time.monotonic() < deadline, "the first append never committed"
+            time.sleep(0.01)
+        followed = threading.Thread(
+            target=store.append,
+            args=(second, "statement", NO_STREAM, [NewEvent("statement.started", {})]),
+        )
+        followed.start()
+        deadline = time.monotonic() + 5
+        while store.stream_version(second) == 0:
+            assert time.monotonic() < deadline, "the second append waited for the first's positions"
+            time.sleep(0.01)
+        assert waiting.is_alive(), "the first still waits for its position"
+        admin.execute("SELECT pg_advisory_unlock(%s)", (SEQUENCER_LOCK,))
+    waiting.join(15)
+    followed.join(15)
+    assert [e.stream_id for e in store.read_all(0, 10)] == [first, second]
