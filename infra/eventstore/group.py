@@ -6,9 +6,10 @@ sequencing step of its own; most of the server's time went to those steps. Now t
 thread to find the store idle *leads*: it takes every append queued at that moment (one per
 stream, up to a bound) and hands them to the store's writer as one group — one statement, one
 commit, one sequencing step. Threads arriving meanwhile queue up; once the leader's group is
-committed it hands the lead to the first of them, whose group holds everyone queued by then,
-and only then waits for its own group's positions. Nobody waits for a group to fill: an
-append that finds the store idle is written at once, on its own.
+written and numbered it hands the lead to the first of them, whose group holds everyone queued
+by then. Should the numbering take longer than a moment (an old transaction holding the
+horizon back), the lead passes on first and the group waits for its positions on its own.
+Nobody waits for a group to fill: an append that finds the store idle is written at once.
 
 Each append in a group still succeeds or fails on its own (the writer sees to that: a stream
 not at its expected version fails only its own append), and each waiting thread gets its own
@@ -52,11 +53,10 @@ class Pending:
 
 
 class Groups:
-    """Leads appends into groups. ``write`` writes a group (each append gets its result or
-    exception, or is left for later) and returns what finishes it — the wait for the
-    events' positions — which runs after the lead has passed on, so the next group is
-    written meanwhile: a slow sequencing step (an old transaction holding the horizon back)
-    never holds the process's other appends."""
+    """Leads appends into groups. ``write`` writes a group, giving each append its result or
+    exception, or returns what still has to finish (the wait for positions that are slow to
+    come), which runs after the lead has passed on: a slow sequencing step never holds the
+    process's other appends."""
 
     def __init__(
         self,

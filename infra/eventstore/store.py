@@ -146,6 +146,8 @@ _SQLITE_LAST = (
     "ORDER BY version DESC LIMIT 1"
 )
 HEAD_SQL = "SELECT COALESCE(max(position), 0) FROM events WHERE position IS NOT NULL"
+#: How long a group waits for its positions while it holds the lead (seconds).
+LEAD_WAIT_S = 0.05
 _HEAD = text(HEAD_SQL)
 
 
@@ -221,13 +223,17 @@ class SqlEventStore:
         )
         return AppendResult(stream_id=stream_id, version=versions[-1], events=recorded)
 
-    def _write_group(self, group: list[Pending]) -> Callable[[], None]:
+    def _write_group(self, group: list[Pending]) -> Callable[[], None] | None:
         """Write a group of appends (:mod:`infra.eventstore.group`): their personal data
         sealed together, then one statement and one commit. Should the statement fail as a
         whole (a racing writer took a version one of them wanted), each is written again on
-        its own; one that fails gets its own error. Returns the sequencing step for what was
-        written, which waits for the positions and gives each append its result (run once
-        the lead has passed on)."""
+        its own; one that fails gets its own error. Then the sequencing step, on the same
+        connection, while this group still holds the lead: for at most :data:`LEAD_WAIT_S`,
+        which a healthy sequencer needs a fraction of (so the appends queueing meanwhile make
+        the next group). If the positions take longer (an old transaction holding the horizon,
+        a stuck sequencer), what waits for them is returned, to run once the lead has passed
+        on: a slow sequencing step holds back no other append."""
+        started = time.monotonic()
         everything = [e for pending in group for e in pending.events]
         sealed = self.keyring.seal(everything) if self.keyring is not None else everything
         stored: list[Sequence[NewEvent]] = []
@@ -254,21 +260,20 @@ class SqlEventStore:
                         pending.result = failure
                     else:
                         written.append((pending, list(zip(versions, ids, hashes, strict=True))))
-
-        def sequence() -> None:
             ids = [insert_id for _, rows in written for _, insert_id, _ in rows]
             if not ids:
-                return
-            with self.db.autocommit() as conn:
-                positions = iter(self._sequence_ids(conn, ids))
-            for pending, rows in written:
-                pending.result = (
-                    [version for version, _, _ in rows],
-                    [next(positions) for _ in rows],
-                    [chain_hash for _, _, chain_hash in rows],
-                )
+                return None
+            positions = self._sequence_ids(conn, ids, time.monotonic() + LEAD_WAIT_S)
+        if None not in positions:
+            _settle(written, positions)
+            return None
+        deadline = started + self.sequence_timeout_s
 
-        return sequence
+        def wait_for_positions() -> None:
+            with self.db.autocommit() as conn:
+                _settle(written, self._sequence_ids(conn, ids, deadline))
+
+        return wait_for_positions
 
     def _insert_group(
         self, conn: Connection, group: list[Pending], stored: list[Sequence[NewEvent]]
@@ -417,10 +422,10 @@ class SqlEventStore:
             )
         return [r["version"] for r in rows], [r["position"] for r in rows], hashes
 
-    def _sequence_ids(self, conn: Connection, ids: list[int]) -> list[int | None]:
-        """Number committed events; wait (bounded) until the events with these insert ids
-        have positions."""
-        deadline = time.monotonic() + self.sequence_timeout_s
+    def _sequence_ids(self, conn: Connection, ids: list[int], until: float) -> list[int | None]:
+        """Number committed events; wait until the events with these insert ids have
+        positions, or the monotonic clock reaches ``until``."""
+        deadline = until
         pause = 0.0002
         with driver_cursor(conn) as cur:
             while True:
@@ -629,6 +634,19 @@ def _content_hashes(
         )
         for e, meta in zip(events, metas, strict=True)
     ]
+
+
+def _settle(
+    written: list[tuple[Pending, list[tuple[int, int, str]]]], positions: list[int | None]
+) -> None:
+    """Each written append's result: its versions, positions and chain hashes."""
+    numbered = iter(positions)
+    for pending, rows in written:
+        pending.result = (
+            [version for version, _, _ in rows],
+            [next(numbered) for _ in rows],
+            [chain_hash for _, _, chain_hash in rows],
+        )
 
 
 def _event_rows(
