@@ -19,10 +19,11 @@ from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 from fastapi import Request
+from sqlalchemy import Select
 
 from api.threads import in_thread
 from infra.bootstrap import System
-from infra.freshness import Checkpoint, Mark, current, read_mark
+from infra.freshness import Checkpoint, Mark, checkpoint_of, current, read_mark, with_checkpoint
 from infra.projections.consultations import ConsultationViews
 from infra.projections.organisations import OrganisationDirectory
 
@@ -131,6 +132,36 @@ class Kept:
     async def mark(self) -> Mark:
         """A mark read after this call began (one read shared with the requests around it)."""
         return await self.freshness.mark()
+
+    async def read(
+        self,
+        system: System,
+        projection: str,
+        key: Hashable,
+        query: Select[Any],
+        convert: Callable[[Any], V],
+    ) -> V | None:
+        """``convert`` of the row ``query`` finds in ``projection``'s tables: what this
+        process kept, unless the projection's rows changed since (one check shared with the
+        requests around it), else read (in a thread, with the checkpoint it was read at) and
+        kept. None if there is no such row."""
+        view: View[V] = self.views[projection]
+        if key in view:
+            found = view.get(key, await self.mark())
+            if found is not None:
+                return found
+        checked = with_checkpoint(query, projection)
+
+        def load() -> Any:
+            with system.db.read() as conn:
+                return conn.execute(checked).first()
+
+        row = await in_thread(load)
+        if row is None:
+            return None
+        value = convert(row)
+        view.keep(key, checkpoint_of(row), value)
+        return value
 
 
 def kept_of(request: Request) -> Kept:

@@ -29,14 +29,13 @@ from api.deps import (
     system_of,
 )
 from api.fields import Country, Text, TimeZone
-from api.freshness import CONSULTATIONS, View, kept_of
+from api.freshness import CONSULTATIONS, kept_of
 from api.problems import ProblemError
 from api.responses import tagged
 from api.routing import Router
 from api.schemas import Problem
 from api.threads import in_thread
 from infra.bootstrap import System
-from infra.freshness import checkpoint_of, with_checkpoint
 from infra.projections.consultations import consultations, document, registrations
 from infra.projections.organisations import organisations
 from infra.projections.series import series as series_table
@@ -347,26 +346,12 @@ def _unknown(consultation_id: UUID) -> ProblemError:
 async def shown(request: Request, system: System, consultation_id: UUID) -> Shown:
     """The consultation as shown now: what this process kept, unless its projection moved
     since (one check shared with the reads around it; see api/freshness.py)."""
-    kept = kept_of(request)
-    view: View[Shown] = kept.views[CONSULTATIONS]
-    if consultation_id in view:
-        found = view.get(consultation_id, await kept.mark())
-        if found is not None:
-            return found
-    query = with_checkpoint(
-        select(consultations.c.detail).where(consultations.c.consultation_id == consultation_id),
-        CONSULTATIONS,
+    query = select(consultations.c.detail).where(consultations.c.consultation_id == consultation_id)
+    found = await kept_of(request).read(
+        system, CONSULTATIONS, consultation_id, query, lambda row: Shown.of(dict(row.detail))
     )
-
-    def load() -> Any:
-        with system.db.read() as conn:
-            return conn.execute(query).first()
-
-    row = await in_thread(load)
-    if row is None:
+    if found is None:
         raise _unknown(consultation_id)
-    found = Shown.of(dict(row.detail))
-    view.keep(consultation_id, checkpoint_of(row), found)
     return found
 
 

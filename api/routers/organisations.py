@@ -22,13 +22,12 @@ from api.deps import (
     ensure_acts_for,
 )
 from api.fields import Country, Text
-from api.freshness import ORGANISATIONS, View, kept_of
+from api.freshness import ORGANISATIONS, kept_of
 from api.problems import ProblemError
 from api.routing import Router
 from api.schemas import Problem
 from api.threads import in_thread
 from infra.bootstrap import System
-from infra.freshness import checkpoint_of, with_checkpoint
 from infra.projections.consultations import consultations, registrations
 from infra.projections.organisations import organisations
 from services.organisations.commands import KINDS, RegisterOrganisation, ReviseOrganisation
@@ -271,27 +270,21 @@ async def load_organisation(
     of it, unless the projection's rows changed since (one check shared with the requests
     around it; see api/freshness.py) — no thread hop and no query for an organisation that
     endorses, withdraws and endorses again."""
-    view: View[OrganisationPublic] | None = None
     query = select(organisations).where(organisations.c.organisation_id == organisation_id)
     if request is not None:
-        kept = kept_of(request)
-        view = kept.views[ORGANISATIONS]
-        if organisation_id in view:
-            found = view.get(organisation_id, await kept.mark())
-            if found is not None:
-                return found
-        query = with_checkpoint(query, ORGANISATIONS)
+        organisation = await kept_of(request).read(
+            system, ORGANISATIONS, organisation_id, query, _public
+        )
+    else:
 
-    def load() -> object:
-        with system.db.read() as conn:
-            return conn.execute(query).first()
+        def load() -> object:
+            with system.db.read() as conn:
+                return conn.execute(query).first()
 
-    row = await in_thread(load)
-    if row is None:
+        row = await in_thread(load)
+        organisation = _public(row) if row is not None else None
+    if organisation is None:
         raise ProblemError(
             404, "Not found", f"No organisation {organisation_id}.", type_="unknown-organisation"
         )
-    organisation = _public(row)
-    if view is not None:
-        view.keep(organisation_id, checkpoint_of(row), organisation)
     return organisation
