@@ -45,7 +45,7 @@ from infra.mail.render import compose, render
 from infra.mail.transport import Transport, transport
 from infra.projections.consultations import consultations, registrations
 from infra.projections.organisations import organisations
-from infra.projections.reminders import reminder_statements, reminders
+from infra.projections.reminders import fanned_out, reminder_statements, reminders
 from infra.schema import mail_outbox, reminder_fanouts
 from infra.tokens import SecretKeyMissing, link_token, secret_key
 from infra.webhooks.tables import webhook_subscriptions
@@ -110,7 +110,6 @@ class Reminders:
         """Fan out what has fallen due; return the message keys that are ready to send."""
         now = now or datetime.now(UTC)
         self.system.projector.catch_up(names=["reminders"])
-        self._clear_fanned(now)
         due = self._due_unfanned(now)
         if due:
             try:
@@ -128,6 +127,7 @@ class Reminders:
                         raise
                     except Exception:
                         log.exception("reminder not fanned out", reminder=reminder.key)
+        self._clear_fanned(now)
         return self._ready(now)
 
     def _due_unfanned(self, now: datetime) -> list[Any]:
@@ -149,16 +149,19 @@ class Reminders:
             )
 
     def _clear_fanned(self, now: datetime) -> None:
-        """Clear the mark of due reminders that are fanned out already but still marked
-        pending: written again after their fan-out (a rebuild of the projection), or by an
-        older process. Only pending ones are read, so with nothing to clear this is cheap."""
-        fanned = (
-            select(reminder_fanouts.c.reminder_key)
-            .where(reminder_fanouts.c.reminder_key == reminders.c.key)
-            .exists()
+        """Clear the pending mark of every due reminder that is fanned out: what this tick
+        fanned out, and any written pending again after its fan-out (by a rebuild racing the
+        scheduler, or by an older process). Only pending ones are read, so this is cheap.
+        Reminders another transaction holds (the projection rewriting them) are skipped: they
+        stay marked until a later tick, and the tick never waits for, or deadlocks with, the
+        projection."""
+        held = (
+            select(reminders.c.key)
+            .where(reminders.c.pending, reminders.c.due_at <= now, fanned_out(reminders))
+            .with_for_update(skip_locked=True)
         )
         with self.db.write() as conn:
-            _unmark(conn, reminders.c.pending, reminders.c.due_at <= now, fanned)
+            conn.execute(reminders.update().where(reminders.c.key.in_(held)).values(pending=False))
 
     def _fan_out(self, due: list[Any], now: datetime) -> None:
         """Mark reminders fanned out and queue their messages, all in one transaction (one
@@ -183,10 +186,6 @@ class Reminders:
             ]
             mark = insert_or_skip(conn, reminder_fanouts).returning(reminder_fanouts.c.reminder_key)
             marked = set(conn.execute(mark, marks).scalars())
-            # Every one of them is fanned out now (by this transaction or another scheduler's).
-            fanned = sorted(r.key for r in due)
-            for start in range(0, len(fanned), IN_CHUNK):
-                _unmark(conn, reminders.c.key.in_(fanned[start : start + IN_CHUNK]))
             rows = [
                 {
                     "key": key,
@@ -741,14 +740,6 @@ class _Facts:
 
 #: Ids in one ``IN`` list at most (far below every back end's limit on parameters).
 IN_CHUNK = 500
-
-
-def _unmark(conn: Connection, *where: Any) -> None:
-    """Clear the pending mark of the reminders ``where`` says, skipping any that another
-    transaction holds (the projection rewriting them): those stay marked and are cleared by
-    a later tick, and the tick never waits for, or deadlocks with, the projection."""
-    held = select(reminders.c.key).where(*where).with_for_update(skip_locked=True)
-    conn.execute(reminders.update().where(reminders.c.key.in_(held)).values(pending=False))
 
 
 def _among(conn: Connection, query: Select[Any], column: Any, ids: set[UUID]) -> Iterator[Row[Any]]:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Column,
     Connection,
     Executable,
+    Exists,
     Index,
     Integer,
     Result,
@@ -100,6 +101,16 @@ reminders = Table(
 )
 
 
+def fanned_out(rows: Table) -> Exists:
+    """The condition that a reminder of ``rows`` is in ``reminder_fanouts`` (the scheduler's
+    record of what it fanned out): what the ``pending`` mark is kept in step with."""
+    return (
+        select(reminder_fanouts.c.reminder_key)
+        .where(reminder_fanouts.c.reminder_key == rows.c.key)
+        .exists()
+    )
+
+
 #: The consultation events that move what its reminders hang on (see ``_consultation``).
 _RESCHEDULING = frozenset(
     {
@@ -135,12 +146,7 @@ class ReminderSchedule:
     def before_swap(conn: Connection, tables: Tables) -> None:
         """A rebuilt schedule marks pending only what the scheduler has not fanned out."""
         rows = tables["reminders"]
-        fanned = (
-            select(reminder_fanouts.c.reminder_key)
-            .where(reminder_fanouts.c.reminder_key == rows.c.key)
-            .exists()
-        )
-        conn.execute(rows.update().where(rows.c.pending, fanned).values(pending=False))
+        conn.execute(rows.update().where(rows.c.pending, fanned_out(rows)).values(pending=False))
 
     def apply(self, conn: Connection, tables: Tables, events: Sequence[RecordedEvent]) -> None:
         run = _Run(conn, tables)
