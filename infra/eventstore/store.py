@@ -11,7 +11,8 @@ Appending
 Positions (PostgreSQL)
     An identity taken at INSERT time is not in commit order, so it cannot be the feed order:
     a reader that has passed id 7 would skip id 5 committing later. Instead, after each commit
-    the writer runs the *sequencer* (``concord_sequence_events()``, migrations 0001 and 0013):
+    the writer runs the *sequencer* (``concord_sequence_events()``, migrations 0001 and 0013,
+    called through ``concord_sequence_ids()`` of migration 0016, which returns the positions):
     holding a brief advisory lock it numbers, in one UPDATE, every unnumbered event whose
     transaction is below the horizon — the oldest transaction still running that may insert
     events (each append takes a shared lock saying so before it writes), i.e. every event no

@@ -287,6 +287,21 @@ def test_two_processes_of_writers_racing_on_a_few_streams_lose_and_double_nothin
         assert verify_stream(pg.db, stream).ok
 
 
+def started_append(store: SqlEventStore, stream: UUID, never: str) -> threading.Thread:
+    """An append to a new ``stream`` in a thread of its own, once its event is committed
+    (``never``: what to say if it is not within 5 s)."""
+    thread = threading.Thread(
+        target=store.append,
+        args=(stream, "statement", NO_STREAM, [NewEvent("statement.started", {})]),
+    )
+    thread.start()
+    deadline = time.monotonic() + 5
+    while store.stream_version(stream) == 0:
+        assert time.monotonic() < deadline, never
+        time.sleep(0.01)
+    return thread
+
+
 def test_a_group_waiting_for_its_positions_holds_back_no_other_append(pg: System) -> None:
     """Positions wait for the sequencer (here: its lock held, as a crashed or slow run
     would). A group waits for them only after it has passed the lead on, so the process's
@@ -295,24 +310,10 @@ def test_a_group_waiting_for_its_positions_holds_back_no_other_append(pg: System
     first, second = uuid4(), uuid4()
     with psycopg.connect(pg_conninfo(pg.settings.database_url), autocommit=True) as admin:
         admin.execute("SELECT pg_advisory_lock(%s)", (SEQUENCER_LOCK,))
-        waiting = threading.Thread(
-            target=store.append,
-            args=(first, "statement", NO_STREAM, [NewEvent("statement.started", {})]),
+        waiting = started_append(store, first, "the first append never committed")
+        followed = started_append(
+            store, second, "the second append waited for the first's positions"
         )
-        waiting.start()
-        deadline = time.monotonic() + 5
-        while store.stream_version(first) == 0:
-            assert time.monotonic() < deadline, "the first append never committed"
-            time.sleep(0.01)
-        followed = threading.Thread(
-            target=store.append,
-            args=(second, "statement", NO_STREAM, [NewEvent("statement.started", {})]),
-        )
-        followed.start()
-        deadline = time.monotonic() + 5
-        while store.stream_version(second) == 0:
-            assert time.monotonic() < deadline, "the second append waited for the first's positions"
-            time.sleep(0.01)
         assert waiting.is_alive(), "the first still waits for its position"
         admin.execute("SELECT pg_advisory_unlock(%s)", (SEQUENCER_LOCK,))
     waiting.join(15)
