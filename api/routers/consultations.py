@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import orjson
 from fastapi import Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, HttpUrl
-from sqlalchemy import and_, false, func, not_, select
+from sqlalchemy import and_, bindparam, false, func, not_, select
 
 from api.commands import etag, new_id, run
 from api.deps import (
@@ -343,12 +343,15 @@ def _unknown(consultation_id: UUID) -> ProblemError:
     )
 
 
+#: A consultation's document, for :meth:`api.freshness.Kept.read`.
+_DETAIL = select(consultations.c.detail).where(consultations.c.consultation_id == bindparam("key"))
+
+
 async def shown(request: Request, system: System, consultation_id: UUID) -> Shown:
     """The consultation as shown now: what this process kept, unless its projection moved
     since (one check shared with the reads around it; see api/freshness.py)."""
-    query = select(consultations.c.detail).where(consultations.c.consultation_id == consultation_id)
     found = await kept_of(request).read(
-        system, CONSULTATIONS, consultation_id, query, lambda row: Shown.of(dict(row.detail))
+        system, CONSULTATIONS, consultation_id, _DETAIL, lambda row: Shown.of(dict(row.detail))
     )
     if found is None:
         raise _unknown(consultation_id)

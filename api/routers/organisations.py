@@ -8,7 +8,7 @@ from uuid import UUID
 
 from fastapi import Query, Request, Response
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, HttpUrl
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from api.commands import etag, new_id, run
 from api.deps import (
@@ -263,6 +263,10 @@ def _attended(system: System, organisation_id: UUID) -> list[Attendance]:
     return [Attendance(**row._mapping) for row in rows]
 
 
+#: An organisation's row, for :meth:`api.freshness.Kept.read`.
+_ORGANISATION = select(organisations).where(organisations.c.organisation_id == bindparam("key"))
+
+
 async def load_organisation(
     system: SystemDep, organisation_id: UUID, request: Request | None = None
 ) -> OrganisationPublic:
@@ -270,16 +274,15 @@ async def load_organisation(
     of it, unless the projection's rows changed since (one check shared with the requests
     around it; see api/freshness.py) — no thread hop and no query for an organisation that
     endorses, withdraws and endorses again."""
-    query = select(organisations).where(organisations.c.organisation_id == organisation_id)
     if request is not None:
         organisation = await kept_of(request).read(
-            system, ORGANISATIONS, organisation_id, query, _public
+            system, ORGANISATIONS, organisation_id, _ORGANISATION, _public
         )
     else:
 
         def load() -> object:
             with system.db.read() as conn:
-                return conn.execute(query).first()
+                return conn.execute(_ORGANISATION, {"key": organisation_id}).first()
 
         row = await in_thread(load)
         organisation = _public(row) if row is not None else None
