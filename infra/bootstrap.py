@@ -23,6 +23,7 @@ from infra.projections import all_projections
 from infra.projections.projector import Projector
 from infra.routes import ROUTES
 from infra.settings import Settings, get_settings
+from infra.streamlocks import StreamLocks
 from infra.webhooks.relay import WebhookRelay
 from services.bus import CommandBus
 from services.messages import EventRegistry
@@ -75,6 +76,8 @@ class System:
         for thread in self._threads:
             thread.join(timeout=5)
         self._threads.clear()
+        if self.lanes.locks is not None:
+            self.lanes.locks.close()
         self.db.dispose()
 
 
@@ -122,7 +125,12 @@ def bootstrap(settings: Settings | None = None) -> System:
         keys=ApiKeys(db, cache_s=settings.key_cache_s),
         bus=bus,
         dispatcher=dispatcher,
-        lanes=Lanes(bus, epoch, cache_events=settings.fold_cache_events),
+        lanes=Lanes(
+            bus,
+            epoch,
+            cache_events=settings.fold_cache_events,
+            locks=StreamLocks(db) if db.is_postgres else None,
+        ),
     )
 
 

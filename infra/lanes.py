@@ -13,7 +13,9 @@ conflicts. Instead each process funnels the commands for a stream through a *lan
   queued by then. One transaction commits many commands: the group commit of a database.
 * Processes meet at the append's expected version. A process that loses the race catches up
   and decides its batch again; no caller sees that conflict. Each caller still gets its own
-  answer: a refused command refuses only itself.
+  answer: a refused command refuses only itself. A stream that lost such a race lately is then
+  decided under a lock shared by the processes (:mod:`infra.streamlocks`), so their leaders
+  take turns instead of deciding batches bound to be thrown away.
 * The folded stream (:class:`services.bus.Snapshot`) is kept between batches and reads, in a
   small LRU per process; each use reads only the events appended since (by any process), so a
   statement with 10,000 endorsements is not read and folded again for every command or page.
@@ -32,11 +34,14 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 from uuid import UUID
 
 from infra.freshness import Mark
+from infra.streamlocks import StreamLocks
 from services.bus import CommandBus, Job, Outcome, Snapshot
 from services.decider import Decider
 
@@ -82,9 +87,12 @@ class Lanes:
         max_batch: int = MAX_BATCH,
         cache_size: int = CACHE_SIZE,
         cache_events: int = CACHE_EVENTS,
+        locks: StreamLocks | None = None,
     ) -> None:
         self.bus = bus
         self._epoch = epoch
+        #: Streams other processes contend for are decided under their lock (see there).
+        self.locks = locks
         self.max_batch = max_batch
         self.cache_size = cache_size
         self.cache_events = cache_events
@@ -139,11 +147,17 @@ class Lanes:
     def _run(self, stream_id: UUID, batch: list[_Ticket]) -> None:
         decider = batch[0].decider
         results: list[Outcome | Exception]
+        locks = self.locks
         try:
-            cached, epoch = self._cached(stream_id, decider)
-            results, after = self.bus.handle_batch(
-                decider, stream_id, [t.job for t in batch], cached
-            )
+            with locks.held(stream_id) if locks is not None else nullcontext():
+                cached, epoch = self._cached(stream_id, decider)
+                results, after = self.bus.handle_batch(
+                    decider,
+                    stream_id,
+                    [t.job for t in batch],
+                    cached,
+                    conflicted=partial(locks.conflicted, stream_id) if locks else None,
+                )
             self._keep(after, epoch)
         except Exception as failure:  # the stream could not be read: nobody was decided
             self._drop(stream_id)

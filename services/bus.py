@@ -8,7 +8,7 @@ the caller pinned a version with ``If-Match``, in which case the mismatch is rep
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -225,9 +225,11 @@ class CommandBus:
         snapshot: Snapshot[S] | None = None,
         *,
         retries: int = BATCH_RETRIES,
+        conflicted: Callable[[], None] | None = None,
     ) -> tuple[list[Outcome | Exception], Snapshot[S]]:
         """Decide ``jobs`` one after another, each on the state the ones before it left, and
         append all their events in one append (one transaction) with the expected version.
+        ``conflicted`` is told each time another writer appended first.
 
         Each job gets its own outcome or its own error (a refused command does not stop the
         others). Losing the race to another writer decides the whole batch again on the
@@ -251,6 +253,8 @@ class CommandBus:
                     ],
                 )
             except ConcurrencyError as conflict:
+                if conflicted is not None:
+                    conflicted()
                 if attempt == retries:
                     for i, _ in pending:
                         results[i] = conflict

@@ -15,10 +15,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
+import pytest
 from fastapi.testclient import TestClient
 
 from infra.bootstrap import System, bootstrap
 from infra.lanes import Lanes
+from infra.streamlocks import CONFLICTS
 from services.bus import Job, Outcome
 from services.decider import Context
 from services.people import person_id
@@ -154,6 +156,52 @@ def test_two_processes_on_one_stream_race_unseen_and_each_command_answers_for_it
     assert version == len(system.store.read_stream(sid))
     keyed = [r for r in system.store.read_stream(sid) if r.metadata.get("idempotency_key") == "k-1"]
     assert len(keyed) == 1
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_two_processes_take_turns_on_a_stream_they_keep_racing_for(
+    client: TestClient, keys: Keys, system: System
+) -> None:
+    """Once a stream is contended (infra/streamlocks.py), a process's leader waits for the
+    other's batch to be appended instead of deciding on the state before it: the batch the
+    other process held up is not decided twice, and both commands answer."""
+    sid = finalised(client, keys)
+    other = bootstrap(system.settings)  # a second API process on the same database
+    conflicts: list[str] = []
+    try:
+        for name, lanes in (("this", system.lanes), ("other", other.lanes)):
+            locks = lanes.locks
+            assert locks is not None
+            for _ in range(CONFLICTS):  # as if they had been racing for it
+                locks.conflicted(sid)
+            real = locks.conflicted
+            locks.conflicted = (  # type: ignore[method-assign]
+                lambda stream, name=name, real=real: (conflicts.append(name), real(stream))
+            )
+        real_append = system.store.append_batch
+        holding = threading.Event()
+
+        def slow_append(*args: Any, **kwargs: Any) -> Any:
+            holding.set()
+            time.sleep(0.5)  # decided; the other process's command arrives meanwhile
+            return real_append(*args, **kwargs)
+
+        system.store.append_batch = slow_append  # type: ignore[method-assign]
+
+        def later() -> Outcome:
+            assert holding.wait(10)
+            return other.lanes.handle(STATEMENT, sid, endorsement(sid, 2))
+
+        first, second = run_all(
+            [lambda: system.lanes.handle(STATEMENT, sid, endorsement(sid, 1)), later]
+        )
+    finally:
+        other.close()
+    assert isinstance(first, Outcome) and isinstance(second, Outcome), (first, second)
+    assert conflicts == [], "neither process decided on a state the other had moved past"
+    assert second.version == first.version + 1
+    state, _, _ = system.bus.load(STATEMENT, sid)
+    assert len(active_endorsements(state)) == 2
 
 
 def test_a_fold_kept_by_one_process_forgets_a_name_erased_by_another(
