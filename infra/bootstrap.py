@@ -129,7 +129,7 @@ def bootstrap(settings: Settings | None = None) -> System:
             bus,
             epoch,
             cache_events=settings.fold_cache_events,
-            locks=StreamLocks(db) if db.is_postgres else None,
+            locks=StreamLocks(db) if db.is_postgres and settings.stream_locks else None,
         ),
     )
 

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     #: Events a process keeps folded in memory, over all the streams it keeps (the stream
     #: used last is kept however long): the bound on what long statements cost in memory.
     fold_cache_events: int = Field(default=40_000, ge=1, alias="CONCORD_FOLD_CACHE_EVENTS")
+    #: PostgreSQL: decide a stream API processes keep racing for under a session advisory
+    #: lock (infra/streamlocks.py). Off behind a pooler in transaction mode (PgBouncer), where
+    #: a session lock does not stay with its session.
+    stream_locks: bool = Field(default=True, alias="CONCORD_STREAM_LOCKS")
     rate_limit_read: str = Field(default="1200/minute", alias="CONCORD_RATE_LIMIT_READ")
     rate_limit_write: str = Field(default="300/minute", alias="CONCORD_RATE_LIMIT_WRITE")
     rate_limit_anonymous: str = Field(default="300/minute", alias="CONCORD_RATE_LIMIT_ANONYMOUS")

@@ -48,6 +48,8 @@ CONTENDED_S = 30.0
 WAIT_S = 2.0
 #: Lock connections per process at most (streams decided under a lock at the same moment).
 CONNECTIONS = 4
+#: Seconds to open a lock connection at most (then the batch goes without).
+CONNECT_TIMEOUT_S = 5
 #: Streams remembered as contended at most (beyond it the list starts again).
 REMEMBERED = 4096
 
@@ -176,6 +178,7 @@ class StreamLocks:
 
     def _connect(self) -> psycopg.Connection[Any]:
         args, kwargs = self.db.engine.dialect.create_connect_args(self.db.url)
+        kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
         conn = psycopg.connect(*args, **kwargs, autocommit=True)
         # A lock wait longer than this fails with LockNotAvailable (the leader goes without).
         conn.execute(f"SET lock_timeout = {max(1, round(self.wait_s * 1000))}")

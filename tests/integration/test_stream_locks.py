@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from infra import streamlocks
-from infra.bootstrap import System
+from infra.bootstrap import System, bootstrap
 from infra.db import Database
 from infra.streamlocks import CONFLICTS, StreamLocks
 
@@ -132,3 +132,17 @@ def test_every_lock_connection_in_use_means_going_without(db: Database) -> None:
             assert two is True
     finally:
         locks.close()
+
+
+def test_stream_locks_are_on_for_postgresql_unless_turned_off(pg_system: System) -> None:
+    """On by default; ``CONCORD_STREAM_LOCKS=false`` (a pooler in transaction mode) leaves
+    every stream to the expected version alone."""
+    assert isinstance(pg_system.lanes.locks, StreamLocks)
+    settings = type(pg_system.settings)(
+        **{**pg_system.settings.model_dump(by_alias=True), "CONCORD_STREAM_LOCKS": "false"}
+    )
+    off = bootstrap(settings)
+    try:
+        assert off.lanes.locks is None
+    finally:
+        off.close()
