@@ -282,9 +282,15 @@ class SqlEventStore:
         """Several streams' appends in one statement, each only if its stream is at its
         expected version (one that is not gets its error); the rows written, as (version,
         insert id, chain hash) per append. None (and nothing written) if the statement failed
-        as a whole: a racing writer took a version one of them wanted."""
+        as a whole: a racing writer took a version one of them wanted (or deadlocked with
+        it)."""
         payload = []
-        for pending, events in zip(group, stored, strict=True):
+        # Rows go in by stream id whatever order the appends came in: every group of every
+        # process then takes the unique key's entries in one order, so two groups racing for
+        # the same streams wait for each other instead of deadlocking (PostgreSQL resolves a
+        # deadlock only after deadlock_timeout, a second, by failing one of them).
+        ordered = sorted(zip(group, stored, strict=True), key=lambda pair: pair[0].stream_id)
+        for pending, events in ordered:
             hashes = _content_hashes(
                 pending.stream_id, pending.stream_type, events, pending.metas, pending.recorded_at
             )
@@ -302,8 +308,8 @@ class SqlEventStore:
                 cur.execute(
                     _PG_APPEND_GROUP, {"genesis": GENESIS, "groups": orjson.dumps(payload).decode()}
                 )
-            except psycopg.IntegrityError:
-                return None
+            except (psycopg.IntegrityError, psycopg.errors.DeadlockDetected):
+                return None  # a racing writer (or a deadlock with one): one at a time
             by_stream: dict[UUID, list[tuple[int, int, str]]] = {}
             for insert_id, stream_id, version, chain_hash in cur.fetchall():
                 by_stream.setdefault(stream_id, []).append((version, insert_id, chain_hash))

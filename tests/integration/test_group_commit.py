@@ -319,3 +319,73 @@ def test_a_group_waiting_for_its_positions_holds_back_no_other_append(pg: System
     waiting.join(15)
     followed.join(15)
     assert [e.stream_id for e in store.read_all(0, 10)] == [first, second]
+
+
+def pending_append(stream: UUID, n: int) -> Pending:
+    return Pending(
+        stream,
+        "statement",
+        NO_STREAM,
+        [NewEvent("statement.retitled", {"n": n})],
+        [{}],
+        datetime.now(UTC),
+    )
+
+
+def test_a_group_writes_its_streams_in_one_order_whatever_order_they_came_in(
+    pg: System,
+) -> None:
+    """Every group takes the unique key's entries in stream-id order, so two processes' groups
+    over the same streams wait for each other rather than deadlock."""
+    streams = sorted(uuid4() for _ in range(5))
+    group = [pending_append(s, n) for n, s in enumerate(reversed(streams))]
+    with pg.db.autocommit() as conn:
+        written = pg.store._insert_group(conn, group, [p.events for p in group])
+    assert written is not None
+    insert_ids = {p.stream_id: rows[0][1] for p, rows in written}
+    assert sorted(insert_ids, key=insert_ids.__getitem__) == streams
+    assert [p.stream_id for p, _ in written] == [p.stream_id for p in group], "answers in order"
+
+
+def test_a_group_that_deadlocks_with_another_writer_is_written_one_append_at_a_time(
+    pg: System,
+) -> None:
+    """Should a group still deadlock with another writer (PostgreSQL fails one of them after
+    deadlock_timeout), its statement counts as failed as a whole, like a racing writer's, and
+    its appends are written one at a time instead of failing with the database's error."""
+    first, second = sorted(uuid4() for _ in range(2))
+    group = [pending_append(first, 1), pending_append(second, 2)]
+    other = psycopg.connect(pg_conninfo(pg.settings.database_url))
+    outcome: list[Any] = []
+    try:
+        other.execute("SET deadlock_timeout = '20s'")  # the group is the one PostgreSQL fails
+        other.execute(
+            "INSERT INTO events (event_id, stream_id, stream_type, version, event_type,"
+            " schema_version, data, metadata, recorded_at, content_hash, chain_hash)"
+            " SELECT gen_random_uuid(), %s, 'statement', 1, 'statement.retitled', 1, '{}',"
+            " '{}', now(), 'x', 'x'",
+            (second,),
+        )
+
+        def write_group() -> None:
+            with pg.db.autocommit() as conn:
+                outcome.append(pg.store._insert_group(conn, group, [p.events for p in group]))
+
+        writer = threading.Thread(target=write_group)
+        writer.start()
+        time.sleep(0.3)  # the group holds ``first``'s key and waits for ``second``'s
+        # ``other`` now waits for ``first``: a deadlock, which PostgreSQL breaks by failing
+        # the group's statement (``other``'s wait is the longer); ``other`` then goes on.
+        other.execute(
+            "INSERT INTO events (event_id, stream_id, stream_type, version, event_type,"
+            " schema_version, data, metadata, recorded_at, content_hash, chain_hash)"
+            " SELECT gen_random_uuid(), %s, 'statement', 1, 'statement.retitled', 1,"
+            " '{}', '{}', now(), 'x', 'x'",
+            (first,),
+        )
+        writer.join(10)
+    finally:
+        other.rollback()
+        other.close()
+    assert outcome == [None], "failed as a whole, so written one at a time"
+    assert pg.store.stream_version(first) == 0 and pg.store.stream_version(second) == 0
