@@ -156,7 +156,7 @@ class Lanes:
                     stream_id,
                     [t.job for t in batch],
                     cached,
-                    conflicted=partial(locks.conflicted, stream_id) if locks else None,
+                    conflicted=partial(locks.conflicted, stream_id) if locks is not None else None,
                 )
             self._keep(after, epoch)
         except Exception as failure:  # the stream could not be read: nobody was decided
