@@ -347,6 +347,24 @@ def test_a_group_writes_its_streams_in_one_order_whatever_order_they_came_in(
     assert [p.stream_id for p, _ in written] == [p.stream_id for p in group], "answers in order"
 
 
+def waiting_for_a_lock(system: System, but: int) -> None:
+    """Return once a session other than ``but`` waits for a lock (within 10 s)."""
+    deadline = time.monotonic() + 10
+    with system.db.engine.connect() as admin:
+        while True:
+            waiting = admin.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database() AND pid <> :but"
+                ),
+                {"but": but},
+            ).scalar_one()
+            if waiting:
+                return
+            assert time.monotonic() < deadline, "nobody came to wait for the lock"
+            time.sleep(0.01)
+
+
 def test_a_group_that_deadlocks_with_another_writer_is_written_one_append_at_a_time(
     pg: System,
 ) -> None:
@@ -373,7 +391,7 @@ def test_a_group_that_deadlocks_with_another_writer_is_written_one_append_at_a_t
 
         writer = threading.Thread(target=write_group)
         writer.start()
-        time.sleep(0.3)  # the group holds ``first``'s key and waits for ``second``'s
+        waiting_for_a_lock(pg, other.info.backend_pid)  # holds ``first``, waits for ``second``
         # ``other`` now waits for ``first``: a deadlock, which PostgreSQL breaks by failing
         # the group's statement (``other``'s wait is the longer); ``other`` then goes on.
         other.execute(
