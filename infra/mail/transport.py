@@ -18,8 +18,7 @@ import hashlib
 import os
 import smtplib
 import ssl
-from email.message import EmailMessage
-from email.policy import SMTP
+from email.message import Message
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -32,7 +31,7 @@ class Transport(Protocol):
 
     name: str
 
-    def send(self, message: EmailMessage, key: str) -> None: ...
+    def send(self, message: Message, key: str) -> None: ...
 
 
 class Maildir:
@@ -48,13 +47,15 @@ class Maildir:
     def filename(self, key: str) -> str:
         return "concord-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
-    def send(self, message: EmailMessage, key: str) -> None:
+    def send(self, message: Message, key: str) -> None:
         name = self.filename(key)
         if (self.root / "new" / name).exists() or any((self.root / "cur").glob(name + ":*")):
             return
         tmp = self.root / "tmp" / f"{name}.{os.getpid()}"
         with open(tmp, "wb") as out:
-            out.write(message.as_bytes(policy=SMTP))
+            # CRLF line ends, with the message's own policy (flattening with the newer SMTP
+            # policy would parse every header again: infra/mail/render.py).
+            out.write(message.as_bytes(policy=message.policy.clone(linesep="\r\n")))
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, self.root / "new" / name)
@@ -84,7 +85,7 @@ class Smtp:
         self.starttls = starttls
         self.timeout_s = timeout_s
 
-    def send(self, message: EmailMessage, key: str) -> None:
+    def send(self, message: Message, key: str) -> None:
         context = ssl.create_default_context()
         client: smtplib.SMTP
         if self.implicit_tls:
