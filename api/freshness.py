@@ -23,7 +23,7 @@ from sqlalchemy import Select
 
 from api.threads import in_thread
 from infra.bootstrap import System
-from infra.freshness import Checkpoint, Mark, checkpoint_of, current, read_mark, with_checkpoint
+from infra.freshness import Checkpoint, Mark, checkpoint_of, current, read_mark
 from infra.projections.consultations import ConsultationViews
 from infra.projections.organisations import OrganisationDirectory
 
@@ -128,8 +128,6 @@ class Kept:
     def __init__(self, system: System) -> None:
         self.freshness = Freshness(lambda: read_mark(system.db, KEPT_PROJECTIONS))
         self.views: dict[str, View[Any]] = {name: View(name) for name in KEPT_PROJECTIONS}
-        #: Each query of :meth:`read` with its projection's checkpoint columns.
-        self._checked: dict[tuple[Select[Any], str], Select[Any]] = {}
 
     async def mark(self) -> Mark:
         """A mark read after this call began (one read shared with the requests around it)."""
@@ -148,20 +146,18 @@ class Kept:
         since (one check shared with the requests around it), else read (in a thread, with
         the checkpoint it was read at) and kept. None if there is no such row.
 
-        ``query`` is built once (a module's constant): building it per request was a tenth
-        of a kept read's time."""
+        ``query`` is a module's constant made with
+        :func:`~infra.freshness.with_checkpoint`: building it per request was a tenth of a
+        kept read's time."""
         view: View[V] = self.views[projection]
         if key in view:
             found = view.get(key, await self.mark())
             if found is not None:
                 return found
-        checked = self._checked.get((query, projection))
-        if checked is None:
-            checked = self._checked[(query, projection)] = with_checkpoint(query, projection)
 
         def load() -> Any:
             with system.db.read() as conn:
-                return conn.execute(checked, {"key": key}).first()
+                return conn.execute(query, {"key": key}).first()
 
         row = await in_thread(load)
         if row is None:

@@ -119,7 +119,7 @@ class StreamLocks:
     def held(self, stream_id: UUID) -> Iterator[bool]:
         """Hold ``stream_id``'s lock for the block if it is contended (True), else nothing
         (False): not contended, or the lock could not be had in time."""
-        if not self.db.is_postgres or not self.contended(stream_id):
+        if not self.contended(stream_id):
             yield False
             return
         conn = self._take()

@@ -36,6 +36,7 @@ from api.routing import Router
 from api.schemas import Problem
 from api.threads import in_thread
 from infra.bootstrap import System
+from infra.freshness import with_checkpoint
 from infra.projections.consultations import consultations, document, registrations
 from infra.projections.organisations import organisations
 from infra.projections.series import series as series_table
@@ -343,8 +344,11 @@ def _unknown(consultation_id: UUID) -> ProblemError:
     )
 
 
-#: A consultation's document, for :meth:`api.freshness.Kept.read`.
-_DETAIL = select(consultations.c.detail).where(consultations.c.consultation_id == bindparam("key"))
+#: A consultation's document with its checkpoint, for :meth:`api.freshness.Kept.read`.
+_DETAIL = with_checkpoint(
+    select(consultations.c.detail).where(consultations.c.consultation_id == bindparam("key")),
+    CONSULTATIONS,
+)
 
 
 async def shown(request: Request, system: System, consultation_id: UUID) -> Shown:

@@ -28,6 +28,7 @@ from api.routing import Router
 from api.schemas import Problem
 from api.threads import in_thread
 from infra.bootstrap import System
+from infra.freshness import with_checkpoint
 from infra.projections.consultations import consultations, registrations
 from infra.projections.organisations import organisations
 from services.organisations.commands import KINDS, RegisterOrganisation, ReviseOrganisation
@@ -263,8 +264,9 @@ def _attended(system: System, organisation_id: UUID) -> list[Attendance]:
     return [Attendance(**row._mapping) for row in rows]
 
 
-#: An organisation's row, for :meth:`api.freshness.Kept.read`.
+#: An organisation's row; with its checkpoint, for :meth:`api.freshness.Kept.read`.
 _ORGANISATION = select(organisations).where(organisations.c.organisation_id == bindparam("key"))
+_KEPT_ORGANISATION = with_checkpoint(_ORGANISATION, ORGANISATIONS)
 
 
 async def load_organisation(
@@ -276,7 +278,7 @@ async def load_organisation(
     endorses, withdraws and endorses again."""
     if request is not None:
         organisation = await kept_of(request).read(
-            system, ORGANISATIONS, organisation_id, _ORGANISATION, _public
+            system, ORGANISATIONS, organisation_id, _KEPT_ORGANISATION, _public
         )
     else:
 

@@ -432,14 +432,13 @@ class SqlEventStore:
     def _sequence_ids(self, conn: Connection, ids: list[int], until: float) -> list[int | None]:
         """Number committed events; wait until the events with these insert ids have
         positions, or the monotonic clock reaches ``until``."""
-        deadline = until
         pause = 0.0002
         with driver_cursor(conn) as cur:
             while True:
                 cur.execute(_PG_SEQUENCE_IDS, {"ids": ids})
                 row = cur.fetchone()
                 positions: list[int | None] = row[0] if row else [None] * len(ids)
-                if all(p is not None for p in positions) or time.monotonic() >= deadline:
+                if all(p is not None for p in positions) or time.monotonic() >= until:
                     # Past the deadline an older transaction is still open: the events are
                     # committed and will be numbered as soon as it ends (background sequencer).
                     return positions
