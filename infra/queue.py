@@ -58,6 +58,9 @@ def make_app(settings: Settings | None = None, include: Sequence[str] = ()) -> C
             # Stored answers to Idempotency-Keys are kept 24 h for retries, then deleted
             # (they may hold personal data of people erased since).
             "idempotency.purge": {"task": "idempotency.purge", "schedule": 3600.0},
+            # Settled records of sending (webhook deliveries and their attempts, e-mails)
+            # older than CONCORD_RETENTION_DAYS are deleted, a batch at a time.
+            "retention.purge": {"task": "retention.purge", "schedule": 3600.0},
         },
     )
     if settings.redis_url:

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     #: lock (infra/streamlocks.py). Off behind a pooler in transaction mode (PgBouncer), where
     #: a session lock does not stay with its session.
     stream_locks: bool = Field(default=True, alias="CONCORD_STREAM_LOCKS")
+    #: Days a settled record of sending is kept: webhook deliveries delivered or given up
+    #: (with their attempts) and e-mails sent, skipped, dropped or given up (infra/retention.py;
+    #: the log keeps what happened). 0 keeps them forever.
+    retention_days: float = Field(default=30.0, ge=0, alias="CONCORD_RETENTION_DAYS")
     rate_limit_read: str = Field(default="1200/minute", alias="CONCORD_RATE_LIMIT_READ")
     rate_limit_write: str = Field(default="300/minute", alias="CONCORD_RATE_LIMIT_WRITE")
     rate_limit_anonymous: str = Field(default="300/minute", alias="CONCORD_RATE_LIMIT_ANONYMOUS")

@@ -100,6 +100,16 @@ def purge_idempotency_keys() -> int:
     return IdempotencyStore(system().db).purge()
 
 
+@app.task(name="retention.purge", ignore_result=True)
+def purge_settled_records() -> dict[str, int]:
+    """Delete settled webhook deliveries (with their attempts) and e-mails older than
+    ``CONCORD_RETENTION_DAYS``; returns how many of each went."""
+    from infra.retention import purge
+
+    s = system()
+    return purge(s.db, s.settings.retention_days).as_dict()
+
+
 @app.task(name="webhooks.scan", ignore_result=True)
 def scan_webhooks() -> int:
     """Enqueue a delivery run for each subscription whose next delivery is due (or stranded
