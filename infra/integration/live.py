@@ -7,6 +7,13 @@ skipped (see ``infra/eventstore/store.py``). It knows nothing of HTTP, keys or r
 another stream — say, anonymous live endorsements of one public statement — reuses it with its
 own :class:`Filter`, its own rendering and its own limiter owner (a client address, say).
 
+One read of the head for every stream: each open stream wakes every ``poll_s`` to see whether
+the log has grown, but the head it compares with is the process's (:class:`SharedHead`), read
+at most once per half ``poll_s`` whatever the number of streams, and only by a stream that
+asks when the last read is older. A stream reads events only when that head has passed its
+cursor. A thousand idle followers (integrators, visitors of public statement pages) cost the
+database two cheap queries a second, not two thousand.
+
 Ending cleanly: a stream ends after ``max_seconds`` (clients resume with ``Last-Event-ID``), and
 within one poll when the process is asked to stop (:data:`DRAINING`, set from SIGTERM/SIGINT by
 :func:`drain_on_signals`) — uvicorn waits for open responses before it shuts down, so an endless
@@ -20,10 +27,12 @@ no Redis.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import FrameType
@@ -57,6 +66,50 @@ class Filter:
     stream_id: UUID | None = None
 
 
+class SharedHead:
+    """The log's head as the live streams of one process see it: read at most once per
+    ``max_age_s`` (by whichever stream asks first once the last read is older; the others
+    asking meanwhile wait for that same read), so the number of open streams does not
+    multiply the queries. The value is never newer than the read it came from, so a stream
+    that reads events after comparing with it still misses nothing."""
+
+    def __init__(self, read: Callable[[], int], max_age_s: float) -> None:
+        self._read = read
+        self.max_age_s = max_age_s
+        self._value = 0
+        self._read_at = -float("inf")
+        self._reading: tuple[asyncio.AbstractEventLoop, asyncio.Future[int]] | None = None
+
+    async def get(self) -> int:
+        if time.monotonic() - self._read_at < self.max_age_s:
+            return self._value
+        loop = asyncio.get_running_loop()
+        if self._reading is None or self._reading[0] is not loop:
+            self._reading = (loop, asyncio.ensure_future(self._refresh()))
+        # Shielded: a stream whose client goes away does not cancel the others' read.
+        return await asyncio.shield(self._reading[1])
+
+    async def _refresh(self) -> int:
+        try:
+            started = time.monotonic()
+            value = await anyio.to_thread.run_sync(self._read)
+            self._value, self._read_at = value, started
+            return value
+        finally:
+            self._reading = None
+
+
+_HEADS: weakref.WeakKeyDictionary[SqlEventStore, SharedHead] = weakref.WeakKeyDictionary()
+
+
+def shared_head(store: SqlEventStore, poll_s: float) -> SharedHead:
+    """The :class:`SharedHead` of ``store`` in this process, fresh to half ``poll_s``."""
+    head = _HEADS.get(store)
+    if head is None or head.max_age_s != poll_s / 2:
+        head = _HEADS[store] = SharedHead(store.head_position, poll_s / 2)
+    return head
+
+
 async def follow(
     store: SqlEventStore,
     after: int,
@@ -72,16 +125,19 @@ async def follow(
     ``max_seconds`` or when :data:`DRAINING` is set."""
     started = beat = time.monotonic()
     cursor = after  # everything matching up to here has been yielded
+    shared = shared_head(store, poll_s)
+    behind = False  # the last page was full: read on, whatever the shared head says
     while not DRAINING.is_set() and time.monotonic() - started < max_seconds:
         if time.monotonic() - beat >= heartbeat_s:
             beat = time.monotonic()
             yield HEARTBEAT
-        head = await anyio.to_thread.run_sync(store.head_position)
-        if head > cursor:
+        head = await shared.get()
+        if behind or head > cursor:
             page = await anyio.to_thread.run_sync(_read, store, cursor, where, batch)
             for event in page:
                 yield event
-            if len(page) == batch:
+            behind = len(page) == batch
+            if behind:
                 cursor = page[-1].position or cursor
                 continue  # catching up: no pause
             # A short page holds every match numbered by the time ``head`` was read, so the

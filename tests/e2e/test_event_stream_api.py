@@ -131,6 +131,38 @@ def test_history_then_live_events_as_the_feed_shows_them(system: System, keys: K
             assert live.id == "4" and json.loads(live.data)["stream_id"] == new_id
 
 
+def test_open_streams_share_one_read_of_the_head(
+    system: System, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight idle streams of one process read the log's head no more often than one stream
+    would (once per half poll at most), and a new event still reaches each of them."""
+    reads: list[float] = []
+    real = system.store.head_position
+
+    def counted() -> int:
+        reads.append(time.monotonic())
+        return real()
+
+    monkeypatch.setattr(system.store, "head_position", counted)
+    poll, integrator = 0.05, keys.integrator
+    with (
+        serving(system, sse_poll_s=poll, sse_max_per_key=10) as url,
+        http(url) as client,
+        contextlib.ExitStack() as stack,
+    ):
+        sources = [open_stream(stack, client, integrator) for _ in range(8)]
+        time.sleep(0.5)  # every stream open and waiting
+        before, started = len(reads), time.monotonic()
+        time.sleep(2.0)
+        idle, elapsed = len(reads) - before, time.monotonic() - started
+        # Each stream reading for itself would be 8 x 2 s / 0.05 s = 320 reads.
+        assert 1 <= idle <= elapsed / (poll / 2) + 2, idle
+        new_id = register(client, keys.admin)
+        for source in sources:
+            (event,) = take(source.iter_sse(), 1, within=5)
+            assert json.loads(event.data)["stream_id"] == new_id
+
+
 def test_resuming_with_last_event_id_while_writes_continue_misses_and_repeats_nothing(
     system: System, keys: Keys
 ) -> None:
