@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from uuid import UUID
@@ -12,6 +15,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api.deps import SystemDep
+from api.freshness import kept_of
 from api.pages.common import (
     HTML,
     client_address,
@@ -122,6 +126,64 @@ def snapshot(system: Any, statement_id: UUID, position: int) -> dict[str, Any]:
     }
 
 
+#: Seconds a live list made for one position serves the followers that reach it.
+LIST_TTL_S = 10.0
+#: Live lists kept per process (one per statement and position).
+LIST_SIZE = 256
+
+
+class LiveLists:
+    """Live lists made once per process: the followers of a statement that reach the same
+    position get one list, made by the first to ask while the others wait for it, and kept
+    for :data:`LIST_TTL_S`. Each follower used to read and fold the whole statement for every
+    change, so a page watched by hundreds of visitors cost hundreds of folds per endorsement.
+    A list is made again once anyone has been erased since it was made (the keyring's epoch
+    moved), so a name is never served after its erasure."""
+
+    def __init__(self, system: Any) -> None:
+        self.system = system
+        self._made: OrderedDict[tuple[UUID, int], tuple[int, float, str]] = OrderedDict()
+        self._making: dict[
+            tuple[UUID, int, int], tuple[asyncio.AbstractEventLoop, asyncio.Future[str]]
+        ] = {}
+
+    async def get(self, statement_id: UUID, position: int, epoch: int) -> str:
+        """The list at ``position`` as JSON, made after the keyring was at ``epoch``."""
+        made = self._made.get((statement_id, position))
+        if made is not None and made[0] == epoch and time.monotonic() - made[1] < LIST_TTL_S:
+            return made[2]
+        loop = asyncio.get_running_loop()
+        key = (statement_id, position, epoch)
+        making = self._making.get(key)
+        if making is None or making[0] is not loop:
+            making = self._making[key] = (loop, asyncio.ensure_future(self._make(key)))
+        # Shielded: a follower that hangs up does not cancel the list the others wait for.
+        return await asyncio.shield(making[1])
+
+    async def _make(self, key: tuple[UUID, int, int]) -> str:
+        statement_id, position, epoch = key
+        try:
+            started = time.monotonic()
+            body = await in_thread(snapshot, self.system, statement_id, position)
+            made = orjson.dumps(body).decode()
+            self._made[(statement_id, position)] = (epoch, started, made)
+            self._made.move_to_end((statement_id, position))
+            while len(self._made) > LIST_SIZE:
+                self._made.popitem(last=False)
+            return made
+        finally:
+            self._making.pop(key, None)
+
+
+def lists_of(request: Request) -> LiveLists:
+    """The app's :class:`LiveLists`, made on first use."""
+    state = request.app.state
+    lists: LiveLists | None = getattr(state, "live_lists", None)
+    if lists is None:
+        lists = state.live_lists = LiveLists(state.system)
+    return lists
+
+
 @router.get(
     "/s/{statement_id}/live",
     response_class=EventSourceResponse,
@@ -139,6 +201,7 @@ def snapshot(system: Any, statement_id: UUID, position: int) -> dict[str, Any]:
     summary="A statement's signatories, live (server-sent events)",
 )
 async def live_list(
+    request: Request,
     system: SystemDep,
     statement_id: Annotated[UUID, Depends(visible_statement)],
     lease: ClientSlot,
@@ -167,7 +230,6 @@ async def live_list(
             yield ServerSentEvent(comment="keep-alive")
             continue
         assert item.position is not None
-        body = await in_thread(snapshot, system, statement_id, item.position)
-        yield ServerSentEvent(
-            raw_data=orjson.dumps(body).decode(), event="signatories", id=str(item.position)
-        )
+        mark = await kept_of(request).mark()  # shared with every request arriving meanwhile
+        made = await lists_of(request).get(statement_id, item.position, mark.epoch)
+        yield ServerSentEvent(raw_data=made, event="signatories", id=str(item.position))

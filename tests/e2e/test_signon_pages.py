@@ -4,6 +4,7 @@ withdrawal, a crash between the two appends repaired, rate limits, and the live 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -527,3 +528,46 @@ def test_the_live_list_sends_the_new_list_within_seconds(system: System, keys: K
             ]
             assert "@" not in event.data and "organisation_id" not in event.data
             assert link.token not in event.data
+
+
+def test_followers_of_a_live_list_share_each_list_and_an_erasure_remakes_it(
+    system: System, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three visitors follow one statement's live list: each change is read and folded once
+    for all of them, not once each. Once the signatory is erased, a visitor resuming from
+    the same place gets the list made again, without the name."""
+    import api.pages.statement as pages
+
+    made: list[int] = []
+    real = pages.snapshot
+
+    def counted(system: System, statement_id: UUID, position: int) -> dict[str, Any]:
+        made.append(position)
+        return real(system, statement_id, position)
+
+    monkeypatch.setattr(pages, "snapshot", counted)
+    with (
+        serving(system, public_sse_max_per_client=5) as url,
+        httpx.Client(base_url=url, timeout=10) as client,
+        contextlib.ExitStack() as stack,
+    ):
+        organiser = keys.organiser
+        world = finalised_statement(client, organiser)
+        invitation = invite(client, organiser, world)
+        link = Invited(client, system, organiser, world, invitation, token_of(system, invitation))  # type: ignore[arg-type]
+        live, after = f"/s/{world['sid']}/live", {"after": system.store.head_position()}
+        sources = [
+            stack.enter_context(connect_sse(client, "GET", live, params=after)) for _ in range(3)
+        ]
+        link.sign()
+        seen = [next(e for e in s.iter_sse() if e.event == "signatories") for s in sources]
+        assert len({(e.id, e.data) for e in seen}) == 1, "the same list for everyone"
+        assert made == [int(seen[0].id)], "made once"
+        assert "Thet Thet Aung" in seen[0].data
+        organisation = invitation["organisation_id"]
+        assert system.store.forget(person_id(f"{organisation}/Thet Thet Aung"))
+        with connect_sse(client, "GET", live, params=after) as again:
+            event = next(e for e in again.iter_sse() if e.event == "signatories")
+        assert event.id == seen[0].id
+        assert "Thet Thet Aung" not in event.data, "made again after the erasure"
+        assert made == [int(event.id)] * 2
