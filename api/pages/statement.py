@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -33,7 +34,7 @@ from api.routing import Router
 from api.schemas import Problem
 from api.threads import in_thread
 from infra.integration import live
-from services.registry import EVENTS
+from services.bus import Snapshot, empty_snapshot
 from services.statements.model import STATEMENT
 
 router = Router(keyed=False)
@@ -115,21 +116,12 @@ async def visible_statement(statement_id: str, system: SystemDep) -> UUID:
     return sid
 
 
-def snapshot(system: Any, statement_id: UUID, position: int) -> dict[str, Any]:
-    """The list as it stood at ``position``: all the page shows of it, nothing else."""
-    records = system.store.read_stream(statement_id, until_position=position)
-    state = STATEMENT.fold(EVENTS.decode_known(records))
-    return {
-        "position": position,
-        "status": statement_status(state, system.bus.clock.now()),
-        "signatories": signatories(state),
-    }
-
-
 #: Seconds a live list made for one position serves the followers that reach it.
 LIST_TTL_S = 10.0
 #: Live lists kept per process (one per statement and position).
 LIST_SIZE = 256
+#: Statements whose folded state a process keeps for their live lists.
+FOLDS = 64
 
 
 class LiveLists:
@@ -138,11 +130,18 @@ class LiveLists:
     for :data:`LIST_TTL_S`. Each follower used to read and fold the whole statement for every
     change, so a page watched by hundreds of visitors cost hundreds of folds per endorsement.
     A list is made again once anyone has been erased since it was made (the keyring's epoch
-    moved), so a name is never served after its erasure."""
+    moved), so a name is never served after its erasure.
+
+    Each list is the statement folded exactly up to its position. The fold of the last list
+    made is kept and carried forward by the events since (one short read), so a statement
+    with 10,000 signatories is not read and folded whole for each change; it is folded from
+    the start again only after an erasure, or for a position behind the kept one."""
 
     def __init__(self, system: Any) -> None:
         self.system = system
         self._made: OrderedDict[tuple[UUID, int], tuple[int, float, str]] = OrderedDict()
+        self._folds: OrderedDict[UUID, tuple[int, Snapshot[Any]]] = OrderedDict()
+        self._fold_lock = threading.Lock()
         self._making: dict[
             tuple[UUID, int, int], tuple[asyncio.AbstractEventLoop, asyncio.Future[str]]
         ] = {}
@@ -164,7 +163,7 @@ class LiveLists:
         statement_id, position, epoch = key
         try:
             started = time.monotonic()
-            body = await in_thread(snapshot, self.system, statement_id, position)
+            body = await in_thread(self.snapshot, statement_id, position, epoch)
             made = orjson.dumps(body).decode()
             self._made[(statement_id, position)] = (epoch, started, made)
             self._made.move_to_end((statement_id, position))
@@ -173,6 +172,34 @@ class LiveLists:
             return made
         finally:
             self._making.pop(key, None)
+
+    def snapshot(self, statement_id: UUID, position: int, epoch: int) -> dict[str, Any]:
+        """The list as it stood at ``position``: all the page shows of it, nothing else."""
+        state = self.fold(statement_id, position, epoch).state
+        return {
+            "position": position,
+            "status": statement_status(state, self.system.bus.clock.now()),
+            "signatories": signatories(state),
+        }
+
+    def fold(self, statement_id: UUID, position: int, epoch: int) -> Snapshot[Any]:
+        """The statement folded up to ``position``, from the kept fold when it may be."""
+        with self._fold_lock:  # one fold at a time: they carry the kept one forward
+            kept = self._folds.get(statement_id)
+            if kept is not None and kept[0] == epoch and (kept[1].position or 0) <= position:
+                base = kept[1]
+            else:
+                base = empty_snapshot(STATEMENT, statement_id)
+            records = self.system.store.read_stream(
+                statement_id, after_version=base.version, until_position=position
+            )
+            folded = base.extend(STATEMENT, self.system.registry, records)
+            if kept is None or kept[0] != epoch or folded.version >= kept[1].version:
+                self._folds[statement_id] = (epoch, folded)
+                self._folds.move_to_end(statement_id)
+                while len(self._folds) > FOLDS:
+                    self._folds.popitem(last=False)
+            return folded
 
 
 def lists_of(request: Request) -> LiveLists:

@@ -533,19 +533,20 @@ def test_the_live_list_sends_the_new_list_within_seconds(system: System, keys: K
 def test_followers_of_a_live_list_share_each_list_and_an_erasure_remakes_it(
     system: System, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Three visitors follow one statement's live list: each change is read and folded once
-    for all of them, not once each. Once the signatory is erased, a visitor resuming from
-    the same place gets the list made again, without the name."""
-    import api.pages.statement as pages
+    """Visitors follow one statement's live list: each change is read once for all of them
+    (not once each), and only what changed since the last list is read. Once a signatory is
+    erased, a visitor resuming from the same place gets the list folded again from the
+    start, without the name."""
+    reads: list[tuple[int, int]] = []
+    real = system.store.read_stream
 
-    made: list[int] = []
-    real = pages.snapshot
+    def counted(stream_id: UUID, **kwargs: Any) -> list[Any]:
+        found = real(stream_id, **kwargs)
+        if kwargs.get("until_position") is not None:  # the live lists' reads
+            reads.append((kwargs.get("after_version", 0), len(found)))
+        return found
 
-    def counted(system: System, statement_id: UUID, position: int) -> dict[str, Any]:
-        made.append(position)
-        return real(system, statement_id, position)
-
-    monkeypatch.setattr(pages, "snapshot", counted)
+    monkeypatch.setattr(system.store, "read_stream", counted)
     with (
         serving(system, public_sse_max_per_client=5) as url,
         httpx.Client(base_url=url, timeout=10) as client,
@@ -556,18 +557,30 @@ def test_followers_of_a_live_list_share_each_list_and_an_erasure_remakes_it(
         invitation = invite(client, organiser, world)
         link = Invited(client, system, organiser, world, invitation, token_of(system, invitation))  # type: ignore[arg-type]
         live, after = f"/s/{world['sid']}/live", {"after": system.store.head_position()}
-        sources = [
-            stack.enter_context(connect_sse(client, "GET", live, params=after)) for _ in range(3)
+        followers = [
+            stack.enter_context(connect_sse(client, "GET", live, params=after)).iter_sse()
+            for _ in range(3)
         ]
         link.sign()
-        seen = [next(e for e in s.iter_sse() if e.event == "signatories") for s in sources]
+        seen = [next(e for e in f if e.event == "signatories") for f in followers]
         assert len({(e.id, e.data) for e in seen}) == 1, "the same list for everyone"
-        assert made == [int(seen[0].id)], "made once"
         assert "Thet Thet Aung" in seen[0].data
+        ((_, first),) = reads
+        assert first > 1, "the first list: the statement read from its start, once"
+        # A second signatory: only what changed since is read.
+        other = invite(client, organiser, world, organisation_id=world["hrwg"], email="a@hrwg.id")
+        Invited(client, system, organiser, world, other, token_of(system, other)).sign(  # type: ignore[arg-type]
+            signatory_name="Nguyễn Văn An"
+        )
+        seen = [next(e for e in f if e.event == "signatories") for f in followers]
+        assert len({(e.id, e.data) for e in seen}) == 1
+        assert json.loads(seen[0].data)["signatories"]["count"] == 2
+        assert len(reads) == 2 and reads[1] == (reads[0][1], 1), "one more event read"
         organisation = invitation["organisation_id"]
         assert system.store.forget(person_id(f"{organisation}/Thet Thet Aung"))
         with connect_sse(client, "GET", live, params=after) as again:
-            event = next(e for e in again.iter_sse() if e.event == "signatories")
-        assert event.id == seen[0].id
-        assert "Thet Thet Aung" not in event.data, "made again after the erasure"
-        assert made == [int(event.id)] * 2
+            events = again.iter_sse()
+            remade = [next(e for e in events if e.event == "signatories") for _ in range(2)]
+        assert all("Thet Thet Aung" not in e.data for e in remade), "folded again after erasure"
+        assert "Nguyễn Văn An" in remade[-1].data
+        assert reads[2][0] == 0, "from the start"
