@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -16,9 +16,11 @@ from fastapi.responses import HTMLResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api.deps import SystemDep
-from api.freshness import kept_of
+from api.freshness import CONSULTATIONS, ORGANISATIONS, kept_of
 from api.pages.common import (
     HTML,
+    PUBLIC,
+    SECURITY_HEADERS,
     client_address,
     load,
     message,
@@ -33,6 +35,7 @@ from api.routers.events import held_slot
 from api.routing import Router
 from api.schemas import Problem
 from api.threads import in_thread
+from infra.freshness import Mark
 from infra.integration import live
 from services.bus import Snapshot, empty_snapshot
 from services.statements.model import STATEMENT
@@ -55,33 +58,117 @@ NOT_PUBLIC = (
 )
 
 
+#: Seconds a live list made for one position serves the followers that reach it.
+LIST_TTL_S = 10.0
+#: Live lists kept per process (one per statement and position).
+LIST_SIZE = 256
+#: Statements whose folded state a process keeps for their live lists.
+FOLDS = 64
+#: Public pages kept rendered per process.
+PAGES = 128
+
+
 @router.get(
     "/s/{statement_id}",
     response_class=HTMLResponse,
     responses={404: {"description": "No finalised statement here", "content": {HTML: {}}}},
     summary="A statement's public page",
 )
-async def public_page(statement_id: str, system: SystemDep) -> HTMLResponse:
+async def public_page(statement_id: str, request: Request, system: SystemDep) -> HTMLResponse:
     """The finalised text by thematic area with its content hash, the signatories by country
     (kept current over server-sent events where JavaScript runs) and the compiled documents.
     HTML for people; needs no key."""
     sid = parse_uuid(statement_id)
-    loaded = await load(system, sid) if sid is not None else None
-    if loaded is None or not loaded.visible:
-        reopened = loaded is not None and loaded.state.reopen_reasons
+    if sid is None:
+        return message(404, *NOT_PUBLIC)
+    mark = await kept_of(request).mark()
+    state = (await kept_statement(system, sid, mark)).state
+    if not (state.exists and state.finalised):
         extra = ("It was reopened for changes; it will be back once finalised again.",)
-        return message(404, *NOT_PUBLIC, *(extra if reopened else ()))
+        return message(404, *NOT_PUBLIC, *(extra if state.reopen_reasons else ()))
+    pages = pages_of(request)
+    status = statement_status(state, system.bus.clock.now())
+    key = pages.key(sid, state.version, status["key"], mark)
+    body = pages.get(key)
+    if body is not None:
+        return HTMLResponse(body, headers={**SECURITY_HEADERS, **PUBLIC})
+    loaded = await load(system, sid)
+    if not loaded.visible:  # changed since the mark: as the page would have said
+        return message(404, *NOT_PUBLIC)
     state = loaded.state
-    return page(
+    status = statement_status(state, system.bus.clock.now())
+    response = page(
         "statement.html",
         language=state.language,
         private=False,
         statement=text_view(loaded),
-        status=statement_status(state, system.bus.clock.now()),
+        status=status,
         signatories=signatories(state),
         live=f"/s/{state.statement_id}/live",
         position=loaded.position,
     )
+    pages.put(pages.key(sid, state.version, status["key"], mark), bytes(response.body))
+    return response
+
+
+async def kept_statement(system: Any, statement_id: UUID, mark: Mark) -> Snapshot[Any]:
+    """The statement as the process's lanes keep it, current at ``mark`` (read and folded
+    only by what changed since it was kept; nothing kept from before an erasure)."""
+    kept = system.lanes.kept_at(STATEMENT, statement_id, mark)
+    if kept is not None:
+        return kept  # type: ignore[no-any-return]
+    return await in_thread(system.lanes.load, STATEMENT, statement_id, seen=mark)
+
+
+class PublicPages:
+    """Public pages rendered once per statement version (and anything else they show) per
+    process: during a campaign hundreds of visitors load the page of one statement, and each
+    used to read and fold the whole statement (10,000 signatories: every one of them) and
+    render it. The key holds the statement's version, its status (which the clock moves), the
+    erasure counter (an erased name is never served) and where the consultations' and the
+    organisations' rows last changed (the page names the consultation and its organiser)."""
+
+    def __init__(self) -> None:
+        self._pages: OrderedDict[Hashable, bytes] = OrderedDict()
+
+    @staticmethod
+    def key(statement_id: UUID, version: int, status: str, mark: Mark) -> Hashable:
+        return (
+            statement_id,
+            version,
+            status,
+            mark.epoch,
+            mark.checkpoint(CONSULTATIONS),
+            mark.checkpoint(ORGANISATIONS),
+        )
+
+    def get(self, key: Hashable) -> bytes | None:
+        return self._pages.get(key)
+
+    def put(self, key: Hashable, body: bytes) -> None:
+        self._pages[key] = body
+        self._pages.move_to_end(key)
+        while len(self._pages) > PAGES:
+            self._pages.popitem(last=False)
+
+
+def pages_of(request: Request) -> PublicPages:
+    """The app's :class:`PublicPages`, made on first use."""
+    state = request.app.state
+    pages: PublicPages | None = getattr(state, "public_pages", None)
+    if pages is None:
+        pages = state.public_pages = PublicPages()
+    return pages
+
+
+async def visible_statement(statement_id: str, request: Request, system: SystemDep) -> UUID:
+    """The statement's id, if it has a public page (checked before the stream starts)."""
+    sid = parse_uuid(statement_id)
+    if sid is not None:
+        state = (await kept_statement(system, sid, await kept_of(request).mark())).state
+        if state.exists and state.finalised:
+            return sid
+    raise ProblemError(404, "Not found", NOT_PUBLIC[1], type_="unknown-statement")
 
 
 # -- the live list ------------------------------------------------------------------------------
@@ -105,23 +192,6 @@ async def client_slot(request: Request, system: SystemDep) -> AsyncIterator[live
 
 
 ClientSlot = Annotated[live.Lease, Depends(client_slot)]
-
-
-async def visible_statement(statement_id: str, system: SystemDep) -> UUID:
-    """The statement's id, if it has a public page (checked before the stream starts)."""
-    sid = parse_uuid(statement_id)
-    loaded = await load(system, sid) if sid is not None else None
-    if sid is None or loaded is None or not loaded.visible:
-        raise ProblemError(404, "Not found", NOT_PUBLIC[1], type_="unknown-statement")
-    return sid
-
-
-#: Seconds a live list made for one position serves the followers that reach it.
-LIST_TTL_S = 10.0
-#: Live lists kept per process (one per statement and position).
-LIST_SIZE = 256
-#: Statements whose folded state a process keeps for their live lists.
-FOLDS = 64
 
 
 class LiveLists:

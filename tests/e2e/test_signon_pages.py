@@ -584,3 +584,41 @@ def test_followers_of_a_live_list_share_each_list_and_an_erasure_remakes_it(
         assert all("Thet Thet Aung" not in e.data for e in remade), "folded again after erasure"
         assert "Nguyễn Văn An" in remade[-1].data
         assert reads[2][0] == 0, "from the start"
+
+
+def test_the_public_page_is_rendered_once_per_change_and_never_shows_an_erased_name(
+    invited: Invited, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Visitors of one statement's page share one rendering per change: the statement is read
+    whole once, not once per visitor; a signing shows at once, an erasure hides the name."""
+    system, sid = invited.system, UUID(invited.sid)
+    reads: list[UUID] = []
+    real = system.store.read_stream
+
+    def counted(stream_id: UUID, **kwargs: Any) -> list[Any]:
+        if stream_id == sid and not kwargs:  # the whole statement, as the page reads it
+            reads.append(stream_id)
+        return real(stream_id, **kwargs)
+
+    monkeypatch.setattr(system.store, "read_stream", counted)
+    url = f"/s/{invited.sid}"
+    first = invited.client.get(url)
+    assert first.status_code == 200 and first.headers["cache-control"] == "no-cache"
+    assert "Thet Thet Aung" not in first.text
+    for _ in range(5):
+        again = invited.client.get(url)
+        assert (again.status_code, again.text) == (200, first.text)
+        assert again.headers["content-security-policy"] == first.headers["content-security-policy"]
+    assert len(reads) == 1
+    signing = invited.sign()
+    assert signing.status_code == 200, signing.text
+    reads.clear()
+    signed = invited.client.get(url)
+    assert "Thet Thet Aung" in signed.text, signed.text
+    assert len(reads) == 1
+    assert invited.client.get(url).text == signed.text and len(reads) == 1
+    organisation = invited.invitation["organisation_id"]
+    assert system.store.forget(person_id(f"{organisation}/Thet Thet Aung"))
+    erased = invited.client.get(url)
+    assert erased.status_code == 200 and "Thet Thet Aung" not in erased.text
+    assert len(reads) == 2
