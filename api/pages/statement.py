@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Hashable
 from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
+from cachetools import LRUCache
 from fastapi import Depends, Header, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
@@ -60,12 +60,10 @@ NOT_PUBLIC = (
 
 #: Seconds a live list made for one position serves the followers that reach it.
 LIST_TTL_S = 10.0
-#: Live lists kept per process (one per statement and position).
-LIST_SIZE = 256
-#: Statements whose folded state a process keeps for their live lists.
-FOLDS = 64
-#: Public pages kept rendered per process.
-PAGES = 128
+#: Bytes of live lists (JSON) kept per process; a list of 10,000 signatories is about 1 MB.
+LIST_BYTES = 16_000_000
+#: Bytes of rendered public pages kept per process.
+PAGE_BYTES = 16_000_000
 
 
 @router.get(
@@ -129,7 +127,7 @@ class PublicPages:
     organisations' rows last changed (the page names the consultation and its organiser)."""
 
     def __init__(self) -> None:
-        self._pages: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._pages: LRUCache[Hashable, bytes] = LRUCache(PAGE_BYTES, getsizeof=len)
 
     @staticmethod
     def key(statement_id: UUID, version: int, status: str, mark: Mark) -> Hashable:
@@ -146,10 +144,8 @@ class PublicPages:
         return self._pages.get(key)
 
     def put(self, key: Hashable, body: bytes) -> None:
-        self._pages[key] = body
-        self._pages.move_to_end(key)
-        while len(self._pages) > PAGES:
-            self._pages.popitem(last=False)
+        if len(body) <= PAGE_BYTES:
+            self._pages[key] = body
 
 
 def pages_of(request: Request) -> PublicPages:
@@ -209,8 +205,14 @@ class LiveLists:
 
     def __init__(self, system: Any) -> None:
         self.system = system
-        self._made: OrderedDict[tuple[UUID, int], tuple[int, float, str]] = OrderedDict()
-        self._folds: OrderedDict[UUID, tuple[int, Snapshot[Any]]] = OrderedDict()
+        self._made: LRUCache[tuple[UUID, int], tuple[int, float, str]] = LRUCache(
+            LIST_BYTES, getsizeof=lambda made: len(made[2])
+        )
+        #: Folds kept for the next list, within half the process's fold budget (in events).
+        self._folds: LRUCache[UUID, tuple[int, Snapshot[Any]]] = LRUCache(
+            max(1, system.settings.fold_cache_events // 2),
+            getsizeof=lambda kept: max(1, kept[1].version),
+        )
         self._fold_lock = threading.Lock()
         self._making: dict[
             tuple[UUID, int, int], tuple[asyncio.AbstractEventLoop, asyncio.Future[str]]
@@ -235,10 +237,8 @@ class LiveLists:
             started = time.monotonic()
             body = await in_thread(self.snapshot, statement_id, position, epoch)
             made = orjson.dumps(body).decode()
-            self._made[(statement_id, position)] = (epoch, started, made)
-            self._made.move_to_end((statement_id, position))
-            while len(self._made) > LIST_SIZE:
-                self._made.popitem(last=False)
+            if len(made) <= LIST_BYTES:
+                self._made[(statement_id, position)] = (epoch, started, made)
             return made
         finally:
             self._making.pop(key, None)
@@ -264,11 +264,9 @@ class LiveLists:
                 statement_id, after_version=base.version, until_position=position
             )
             folded = base.extend(STATEMENT, self.system.registry, records)
-            if kept is None or kept[0] != epoch or folded.version >= kept[1].version:
+            fits = folded.version <= self._folds.maxsize
+            if fits and (kept is None or kept[0] != epoch or folded.version >= kept[1].version):
                 self._folds[statement_id] = (epoch, folded)
-                self._folds.move_to_end(statement_id)
-                while len(self._folds) > FOLDS:
-                    self._folds.popitem(last=False)
             return folded
 
 
