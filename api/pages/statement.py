@@ -35,10 +35,11 @@ from api.routers.events import held_slot
 from api.routing import Router
 from api.schemas import Problem
 from api.threads import in_thread
+from infra.bootstrap import System
 from infra.freshness import Mark
 from infra.integration import live
 from services.bus import Snapshot, empty_snapshot
-from services.statements.model import STATEMENT
+from services.statements.model import STATEMENT, Statement
 
 router = Router(keyed=False)
 
@@ -82,8 +83,7 @@ async def public_page(statement_id: str, request: Request, system: SystemDep) ->
     mark = await kept_of(request).mark()
     state = (await kept_statement(system, sid, mark)).state
     if not (state.exists and state.finalised):
-        extra = ("It was reopened for changes; it will be back once finalised again.",)
-        return message(404, *NOT_PUBLIC, *(extra if state.reopen_reasons else ()))
+        return _not_public(state)
     pages = pages_of(request)
     status = statement_status(state, system.bus.clock.now())
     key = pages.key(sid, state.version, status["key"], mark)
@@ -91,9 +91,9 @@ async def public_page(statement_id: str, request: Request, system: SystemDep) ->
     if body is not None:
         return HTMLResponse(body, headers={**SECURITY_HEADERS, **PUBLIC})
     loaded = await load(system, sid)
-    if not loaded.visible:  # changed since the mark: as the page would have said
-        return message(404, *NOT_PUBLIC)
     state = loaded.state
+    if not loaded.visible:  # reopened since the mark
+        return _not_public(state)
     status = statement_status(state, system.bus.clock.now())
     response = page(
         "statement.html",
@@ -109,12 +109,17 @@ async def public_page(statement_id: str, request: Request, system: SystemDep) ->
     return response
 
 
-async def kept_statement(system: Any, statement_id: UUID, mark: Mark) -> Snapshot[Any]:
+def _not_public(state: Statement) -> HTMLResponse:
+    extra = ("It was reopened for changes; it will be back once finalised again.",)
+    return message(404, *NOT_PUBLIC, *(extra if state.reopen_reasons else ()))
+
+
+async def kept_statement(system: System, statement_id: UUID, mark: Mark) -> Snapshot[Any]:
     """The statement as the process's lanes keep it, current at ``mark`` (read and folded
     only by what changed since it was kept; nothing kept from before an erasure)."""
     kept = system.lanes.kept_at(STATEMENT, statement_id, mark)
     if kept is not None:
-        return kept  # type: ignore[no-any-return]
+        return kept
     return await in_thread(system.lanes.load, STATEMENT, statement_id, seen=mark)
 
 
