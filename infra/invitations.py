@@ -10,7 +10,7 @@ expiry sweep — never by a plain GET, which must change nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -98,13 +98,20 @@ def record_use(
     return fresh
 
 
-def repair(system: System, state: Invitation, correlation_id: str | None = None) -> Invitation:
+def repair(
+    system: System,
+    state: Invitation,
+    correlation_id: str | None = None,
+    *,
+    records: Callable[[UUID], Sequence[RecordedEvent]] | None = None,
+) -> Invitation:
     """Record a use the statement's log shows but the invitation's does not (a crash between
-    the two appends); returns the invitation as it now is."""
+    the two appends); returns the invitation as it now is. ``records`` gives the statement's
+    events (default: read from the store)."""
     if state.use is not None or state.statement_id is None or state.invitation_id is None:
         return state
-    records = system.store.read_stream(state.statement_id)
-    endorsement = made_through(records, state.invitation_id)
+    read = records if records is not None else system.store.read_stream
+    endorsement = made_through(read(state.statement_id), state.invitation_id)
     if endorsement is None:
         return state
     log.warning("recording an invitation's use after the fact", invitation=str(state.invitation_id))

@@ -4,12 +4,15 @@ it (folded from its own stream), and the rate limit of the sign-on routes."""
 from __future__ import annotations
 
 import hashlib
+import threading
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from cachetools import LRUCache
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -21,6 +24,8 @@ from api.threads import in_thread
 from infra.bootstrap import System
 from infra.documents.model import ERASED
 from infra.documents.render import country_name, format_dates, format_moment, signed_by
+from infra.eventstore.store import SqlEventStore
+from infra.personal import Keyring
 from infra.projections.consultations import consultations
 from infra.projections.organisations import organisations
 from infra.ratelimit import Limiter, limiter_for, parse_rate
@@ -166,8 +171,7 @@ class Loaded:
 
 async def load(system: System, statement_id: UUID) -> Loaded:
     def fold() -> Loaded:
-        records = system.store.read_stream(statement_id)
-        state = STATEMENT.fold(EVENTS.decode_known(records))
+        state, records = _kept_folds(system).fold(statement_id)
         detail: dict[str, Any] | None = None
         organiser = None
         if state.consultation_id is not None:
@@ -187,6 +191,69 @@ async def load(system: System, statement_id: UUID) -> Loaded:
         return Loaded(state, records, detail, organiser)
 
     return await in_thread(fold)
+
+
+#: Events of the statements the pages keep folded, per process (a statement of 10,000
+#: signatories keeps 10,000 records: about 15 MB).
+KEPT_EVENTS = 20_000
+
+
+class KeptFolds:
+    """Statements as the pages read them (state and every record), kept per process and
+    carried forward by the events appended since, instead of read and folded whole for each
+    page: during a campaign every organisation signing through its link loads the statement
+    for the form, for the answer and for the receipt. Kept only while nobody is erased: the
+    keyring's epoch is read before the stream, and a kept fold made at another epoch is
+    folded again from the start (its records may hold a name since erased)."""
+
+    def __init__(self, store: SqlEventStore) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._kept: LRUCache[UUID, tuple[int, Statement, tuple[RecordedEvent, ...]]] = LRUCache(
+            KEPT_EVENTS, getsizeof=lambda kept: max(1, len(kept[2]))
+        )
+
+    def fold(self, statement_id: UUID) -> tuple[Statement, list[RecordedEvent]]:
+        with self.store.db.read() as conn:
+            epoch = Keyring.epoch(conn)  # before the stream: an erasure after it shows next time
+        with self._lock:
+            kept = self._kept.get(statement_id)
+        if kept is not None and kept[0] == epoch and kept[2]:
+            _, state, records = kept
+            new = self.store.read_stream(statement_id, after_version=records[-1].version)
+        else:
+            state, records = STATEMENT.initial(), ()
+            new = self.store.read_stream(statement_id)
+        if new:
+            state = STATEMENT.fold(EVENTS.decode_known(new), state)
+            records = (*records, *new)
+        # Kept only once every record has its position (a record read before the sequencer
+        # numbered it would keep lacking one).
+        if new and all(r.position is not None for r in new):
+            with self._lock:
+                current = self._kept.get(statement_id)
+                later = current is None or current[0] != epoch or len(current[2]) < len(records)
+                if later and len(records) <= KEPT_EVENTS:
+                    self._kept[statement_id] = (epoch, state, records)
+        return state, list(records)
+
+
+_FOLDS: weakref.WeakKeyDictionary[SqlEventStore, KeptFolds] = weakref.WeakKeyDictionary()
+_FOLDS_LOCK = threading.Lock()
+
+
+def statement_records(system: System, statement_id: UUID) -> list[RecordedEvent]:
+    """Every event of the statement, from the fold the pages keep (blocking: a thread's)."""
+    return _kept_folds(system).fold(statement_id)[1]
+
+
+def _kept_folds(system: System) -> KeptFolds:
+    """The :class:`KeptFolds` of the system's event store in this process."""
+    with _FOLDS_LOCK:
+        folds = _FOLDS.get(system.store)
+        if folds is None:
+            folds = _FOLDS[system.store] = KeptFolds(system.store)
+        return folds
 
 
 def _plain(value: Personal[str] | None) -> str | None:

@@ -22,6 +22,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
 from uuid import UUID
@@ -41,6 +42,7 @@ from api.pages.common import (
     page,
     parse_uuid,
     rate_limited,
+    statement_records,
     statement_status,
     text_view,
 )
@@ -477,7 +479,13 @@ async def _posted(
     link = await _link(system, statement_id, token)
     form = await _form(request)
     _check_form_token(request, system, link, form)
-    invitation = await in_thread(repair, system, link.invitation, _correlation(request))
+    invitation = await in_thread(
+        repair,
+        system,
+        link.invitation,
+        _correlation(request),
+        records=partial(statement_records, system),
+    )
     return replace(link, invitation=invitation), form
 
 

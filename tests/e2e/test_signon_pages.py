@@ -589,36 +589,71 @@ def test_followers_of_a_live_list_share_each_list_and_an_erasure_remakes_it(
 def test_the_public_page_is_rendered_once_per_change_and_never_shows_an_erased_name(
     invited: Invited, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Visitors of one statement's page share one rendering per change: the statement is read
-    whole once, not once per visitor; a signing shows at once, an erasure hides the name."""
+    """Visitors of one statement's page share one rendering per change: repeated visits read
+    nothing of the statement, a change is read as the events it added (a signing shows at
+    once), and an erasure has the statement read from the start again, the name gone."""
     system, sid = invited.system, UUID(invited.sid)
-    reads: list[UUID] = []
+    reads: list[tuple[int, int]] = []  # (after_version, events read) of each read of it
     real = system.store.read_stream
 
     def counted(stream_id: UUID, **kwargs: Any) -> list[Any]:
-        if stream_id == sid and not kwargs:  # the whole statement, as the page reads it
-            reads.append(stream_id)
-        return real(stream_id, **kwargs)
+        found = real(stream_id, **kwargs)
+        if stream_id == sid:
+            reads.append((kwargs.get("after_version", 0), len(found)))
+        return found
 
     monkeypatch.setattr(system.store, "read_stream", counted)
     url = f"/s/{invited.sid}"
     first = invited.client.get(url)
     assert first.status_code == 200 and first.headers["cache-control"] == "no-cache"
     assert "Thet Thet Aung" not in first.text
+    read_first = len(reads)
     for _ in range(5):
         again = invited.client.get(url)
         assert (again.status_code, again.text) == (200, first.text)
         assert again.headers["content-security-policy"] == first.headers["content-security-policy"]
-    assert len(reads) == 1
+    assert len(reads) == read_first, "nothing read for the same page"
     signing = invited.sign()
     assert signing.status_code == 200, signing.text
     reads.clear()
     signed = invited.client.get(url)
     assert "Thet Thet Aung" in signed.text, signed.text
-    assert len(reads) == 1
-    assert invited.client.get(url).text == signed.text and len(reads) == 1
+    assert all(after > 0 for after, _ in reads) and sum(n for _, n in reads) <= 2, reads
+    assert invited.client.get(url).text == signed.text
     organisation = invited.invitation["organisation_id"]
     assert system.store.forget(person_id(f"{organisation}/Thet Thet Aung"))
+    reads.clear()
     erased = invited.client.get(url)
     assert erased.status_code == 200 and "Thet Thet Aung" not in erased.text
-    assert len(reads) == 2
+    assert (0, len(real(sid))) in reads, "read from the start after the erasure"
+
+
+def test_signing_pages_read_the_statement_once_then_only_what_it_gained(
+    invited: Invited, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The form, the answer and the receipt each load the statement: the first load reads it
+    whole, later ones only the events appended since, until someone is erased."""
+    system, sid = invited.system, UUID(invited.sid)
+    reads: list[int] = []  # after_version of each read of the whole statement by the pages
+    real = system.store.read_stream
+
+    def counted(stream_id: UUID, **kwargs: Any) -> list[Any]:
+        if stream_id == sid and "limit" not in kwargs:  # not the command lanes' catch-up
+            reads.append(kwargs.get("after_version", 0))
+        return real(stream_id, **kwargs)
+
+    monkeypatch.setattr(system.store, "read_stream", counted)
+    for _ in range(3):
+        assert invited.client.get(invited.url).status_code == 200
+    assert reads.count(0) == 1, reads
+    version = len(real(sid))
+    assert reads[1:] == [version, version], "then only what came after"
+    signed = invited.sign()
+    assert signed.status_code == 200 and "Thet Thet Aung" in signed.text
+    assert reads.count(0) == 1, "signing read no more of it from the start"
+    organisation = invited.invitation["organisation_id"]
+    assert system.store.forget(person_id(f"{organisation}/Thet Thet Aung"))
+    reads.clear()
+    after = invited.client.get(invited.url)
+    assert after.status_code == 200 and "Thet Thet Aung" not in after.text
+    assert reads == [0], "read from the start after the erasure"
