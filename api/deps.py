@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
 import structlog
@@ -308,3 +308,16 @@ async def reach_min_position(request: Request, x_min_position: int | None) -> No
 
 
 MinPosition = Depends(wait_for_min_position)
+
+
+T = TypeVar("T")
+
+
+def app_member(app: Any, name: str, make: Callable[[System], T]) -> T:
+    """``app.state.<name>``: made from the app's system on first use, the same one after."""
+    state = app.state
+    member: T | None = getattr(state, name, None)
+    if member is None:
+        member = make(state.system)
+        setattr(state, name, member)
+    return member

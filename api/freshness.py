@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 from fastapi import Request
 from sqlalchemy import Select
 
+from api.deps import app_member
 from api.threads import in_thread
 from infra.bootstrap import System
 from infra.freshness import Checkpoint, Mark, checkpoint_of, current, read_mark
@@ -169,8 +170,4 @@ class Kept:
 
 def kept_of(request: Request) -> Kept:
     """The app's :class:`Kept`, made on first use."""
-    state = request.app.state
-    kept: Kept | None = getattr(state, "kept", None)
-    if kept is None:
-        kept = state.kept = Kept(state.system)
-    return kept
+    return app_member(request.app, "kept", Kept)

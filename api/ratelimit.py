@@ -33,7 +33,7 @@ import orjson
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import Authentication, authenticate, authenticate_known
+from api.deps import Authentication, app_member, authenticate, authenticate_known
 from api.problems import PROBLEM, TYPE_BASE
 from api.threads import in_thread
 from infra.bootstrap import System
@@ -175,11 +175,7 @@ class Throttle:
 
 def guard_of(app: Any) -> Guard:
     """The app's guard, made on first use (the system exists only once the app has started)."""
-    state = app.state
-    guard: Guard | None = getattr(state, "rate_guard", None)
-    if guard is None:
-        guard = state.rate_guard = Guard(state.system)
-    return guard
+    return app_member(app, "rate_guard", Guard)
 
 
 def _guard(scope: Scope) -> Guard:

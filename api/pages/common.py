@@ -20,6 +20,7 @@ from markupsafe import Markup
 from sqlalchemy import select
 from starlette.staticfiles import StaticFiles
 
+from api.deps import app_member
 from api.threads import in_thread
 from infra.bootstrap import System
 from infra.documents.model import ERASED
@@ -381,10 +382,7 @@ def _paragraphs(text: str) -> list[str]:
 
 
 def _limiter(request: Request, system: System) -> Limiter:
-    limiter: Limiter | None = getattr(request.app.state, "signon_limiter", None)
-    if limiter is None:
-        limiter = request.app.state.signon_limiter = limiter_for(system.settings)
-    return limiter
+    return app_member(request.app, "signon_limiter", lambda s: limiter_for(s.settings))
 
 
 def client_address(request: Request) -> str:

@@ -15,7 +15,7 @@ from fastapi import Depends, Header, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from api.deps import SystemDep
+from api.deps import SystemDep, app_member
 from api.freshness import CONSULTATIONS, ORGANISATIONS, kept_of
 from api.pages.common import (
     HTML,
@@ -155,11 +155,7 @@ class PublicPages:
 
 def pages_of(request: Request) -> PublicPages:
     """The app's :class:`PublicPages`, made on first use."""
-    state = request.app.state
-    pages: PublicPages | None = getattr(state, "public_pages", None)
-    if pages is None:
-        pages = state.public_pages = PublicPages()
-    return pages
+    return app_member(request.app, "public_pages", lambda _: PublicPages())
 
 
 async def visible_statement(statement_id: str, request: Request, system: SystemDep) -> UUID:
@@ -177,14 +173,16 @@ async def visible_statement(statement_id: str, request: Request, system: SystemD
 
 async def client_slot(request: Request, system: SystemDep) -> AsyncIterator[live.Lease]:
     """One of the client address's live-list slots while the stream runs, else 429."""
-    limiter = getattr(request.app.state, "public_stream_limiter", None)
     settings = system.settings
-    if limiter is None:
-        limiter = request.app.state.public_stream_limiter = live.limiter_for(
-            settings,
-            settings.public_sse_max_per_client,
-            prefix=f"concord:sse-public:{settings.queue}:",
-        )
+    limiter = app_member(
+        request.app,
+        "public_stream_limiter",
+        lambda s: live.limiter_for(
+            s.settings,
+            s.settings.public_sse_max_per_client,
+            prefix=f"concord:sse-public:{s.settings.queue}:",
+        ),
+    )
     too_many = f"This address already follows {limiter.limit} live lists; close one first."
     async with held_slot(
         limiter, client_address(request), settings.sse_heartbeat_s, too_many
@@ -277,11 +275,7 @@ class LiveLists:
 
 def lists_of(request: Request) -> LiveLists:
     """The app's :class:`LiveLists`, made on first use."""
-    state = request.app.state
-    lists: LiveLists | None = getattr(state, "live_lists", None)
-    if lists is None:
-        lists = state.live_lists = LiveLists(state.system)
-    return lists
+    return app_member(request.app, "live_lists", LiveLists)
 
 
 @router.get(

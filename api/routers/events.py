@@ -14,7 +14,7 @@ from fastapi import Depends, Header, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 
-from api.deps import EventReader, MinPosition, Principal, SystemDep
+from api.deps import EventReader, MinPosition, Principal, SystemDep, app_member
 from api.problems import ProblemError
 from api.routing import Router
 from api.schemas import EventPage, EventPublic, Problem
@@ -169,9 +169,7 @@ async def stream_slot(
     request: Request, system: SystemDep, principal: EventReader
 ) -> AsyncIterator[live.Lease]:
     """One of the caller's key's stream slots for as long as the stream runs, else 429."""
-    limiter = getattr(request.app.state, "stream_limiter", None)
-    if limiter is None:
-        limiter = request.app.state.stream_limiter = live.limiter_for(system.settings)
+    limiter = app_member(request.app, "stream_limiter", lambda s: live.limiter_for(s.settings))
     assert principal.key is not None  # EventReader admits keys only
     too_many = f"This key already holds {limiter.limit} open event streams; close one first."
     async with held_slot(
