@@ -11,8 +11,8 @@ One read of the head for every stream: each open stream wakes every ``poll_s`` t
 the log has grown, but the head it compares with is the process's (:class:`SharedHead`), read
 at most once per half ``poll_s`` whatever the number of streams, and only by a stream that
 asks when the last read is older. A stream reads events only when that head has passed its
-cursor. A thousand idle followers (integrators, visitors of public statement pages) cost the
-database two cheap queries a second, not two thousand.
+cursor. However many followers are idle (integrators, visitors of public statement pages), the
+database answers two cheap queries a second for them, not two per follower.
 
 Ending cleanly: a stream ends after ``max_seconds`` (clients resume with ``Last-Event-ID``), and
 within one poll when the process is asked to stop (:data:`DRAINING`, set from SIGTERM/SIGINT by
