@@ -337,3 +337,29 @@ def test_an_idempotency_key_invites_once(
     other = client.post(url, json={**body, "email": "twice@example.org"}, headers=headers)
     assert other.status_code == 422
     assert other.json()["type"].endswith("/idempotency-key-reused")
+
+
+def test_a_sweep_reads_each_statement_whole_once(
+    client: TestClient,
+    system: System,
+    organiser: dict[str, str],
+    world: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Links of one statement falling due together: each is checked for a use lost in a crash,
+    and the statement is read whole once for all of them, then only for what it gained."""
+    for i in range(4):
+        organisation = world["yangon"] if i % 2 else world["hrwg"]
+        invite(client, organiser, world, organisation_id=organisation, email=f"{i}@x.org")
+    sid = UUID(world["sid"])
+    reads: list[int] = []
+    real = system.store.read_stream
+
+    def counted(stream_id: UUID, **kwargs: Any) -> list[Any]:
+        if stream_id == sid:
+            reads.append(kwargs.get("after_version", 0))
+        return real(stream_id, **kwargs)
+
+    monkeypatch.setattr(system.store, "read_stream", counted)
+    assert expire_due(system, datetime.now(UTC) + timedelta(days=400)) == 4
+    assert reads.count(0) == 1 and len(reads) == 4, reads
