@@ -194,24 +194,21 @@ async def load(system: System, statement_id: UUID) -> Loaded:
     return await in_thread(fold)
 
 
-#: Events of the statements the pages keep folded, per process (a statement of 10,000
-#: signatories keeps 10,000 records: about 15 MB).
-KEPT_EVENTS = 20_000
-
-
 class KeptFolds:
     """Statements as the pages read them (state and every record), kept per process and
     carried forward by the events appended since, instead of read and folded whole for each
     page: during a campaign every organisation signing through its link loads the statement
     for the form, for the answer and for the receipt. Kept only while nobody is erased: the
     keyring's epoch is read before the stream, and a kept fold made at another epoch is
-    folded again from the start (its records may hold a name since erased)."""
+    folded again from the start (its records may hold a name since erased). At most
+    ``max_events`` events in all (a statement of 10,000 signatories, kept, took 34 MB,
+    measured); a statement larger than that is read whole each time, as before."""
 
-    def __init__(self, store: SqlEventStore) -> None:
+    def __init__(self, store: SqlEventStore, max_events: int) -> None:
         self.store = store
         self._lock = threading.Lock()
         self._kept: LRUCache[UUID, tuple[int, Statement, tuple[RecordedEvent, ...]]] = LRUCache(
-            KEPT_EVENTS, getsizeof=lambda kept: max(1, len(kept[2]))
+            max(1, max_events), getsizeof=lambda kept: max(1, len(kept[2]))
         )
 
     def fold(self, statement_id: UUID) -> tuple[Statement, list[RecordedEvent]]:
@@ -234,7 +231,7 @@ class KeptFolds:
             with self._lock:
                 current = self._kept.get(statement_id)
                 later = current is None or current[0] != epoch or len(current[2]) < len(records)
-                if later and len(records) <= KEPT_EVENTS:
+                if later and len(records) <= self._kept.maxsize:
                     self._kept[statement_id] = (epoch, state, records)
         return state, list(records)
 
@@ -249,11 +246,13 @@ def statement_records(system: System, statement_id: UUID) -> list[RecordedEvent]
 
 
 def _kept_folds(system: System) -> KeptFolds:
-    """The :class:`KeptFolds` of the system's event store in this process."""
+    """The :class:`KeptFolds` of the system's event store in this process, within a quarter of
+    the process's fold budget (``CONCORD_FOLD_CACHE_EVENTS``)."""
     with _FOLDS_LOCK:
         folds = _FOLDS.get(system.store)
         if folds is None:
-            folds = _FOLDS[system.store] = KeptFolds(system.store)
+            budget = system.settings.fold_cache_events // 4
+            folds = _FOLDS[system.store] = KeptFolds(system.store, budget)
         return folds
 
 
