@@ -32,7 +32,6 @@ from infra.projections.organisations import organisations
 from infra.ratelimit import Limiter, limiter_for, parse_rate
 from services.messages import Personal
 from services.ports import RecordedEvent
-from services.registry import EVENTS
 from services.statements.model import (
     STATEMENT,
     Statement,
@@ -172,7 +171,10 @@ class Loaded:
 
 async def load(system: System, statement_id: UUID) -> Loaded:
     def fold() -> Loaded:
-        state, records = _kept_folds(system).fold(statement_id)
+        # The state as the lanes keep it (folded once, carried forward, nothing kept from
+        # before an erasure), with the records up to the same version.
+        state = system.lanes.load(STATEMENT, statement_id).state
+        records = _kept_records(system).read(statement_id, until_version=state.version)
         detail: dict[str, Any] | None = None
         organiser = None
         if state.consultation_id is not None:
@@ -194,66 +196,67 @@ async def load(system: System, statement_id: UUID) -> Loaded:
     return await in_thread(fold)
 
 
-class KeptFolds:
-    """Statements as the pages read them (state and every record), kept per process and
-    carried forward by the events appended since, instead of read and folded whole for each
-    page: during a campaign every organisation signing through its link loads the statement
-    for the form, for the answer and for the receipt. Kept only while nobody is erased: the
-    keyring's epoch is read before the stream, and a kept fold made at another epoch is
-    folded again from the start (its records may hold a name since erased). At most
-    ``max_events`` events in all (a statement of 10,000 signatories, kept, took 34 MB,
-    measured); a statement larger than that is read whole each time, as before."""
+class KeptRecords:
+    """Statements' records as the pages read them, kept per process and carried forward by
+    the events appended since, instead of read whole for each page: during a campaign every
+    organisation signing through its link loads the statement for the form, for the answer,
+    for the receipt and for the check for a use lost in a crash. (The state comes from the
+    lanes' kept fold; only the records, with their metadata, are kept here.) Kept only while
+    nobody is erased: the keyring's epoch is read before the stream, and records kept at
+    another epoch are read again from the start (they may hold a name since erased). At most
+    ``max_events`` events in all (the records of 10,000 signatories took 27 MB, measured); a
+    statement larger than that is read whole each time."""
 
     def __init__(self, store: SqlEventStore, max_events: int) -> None:
         self.store = store
         self._lock = threading.Lock()
-        self._kept: LRUCache[UUID, tuple[int, Statement, tuple[RecordedEvent, ...]]] = LRUCache(
-            max(1, max_events), getsizeof=lambda kept: max(1, len(kept[2]))
+        self._kept: LRUCache[UUID, tuple[int, tuple[RecordedEvent, ...]]] = LRUCache(
+            max(1, max_events), getsizeof=lambda kept: max(1, len(kept[1]))
         )
 
-    def fold(self, statement_id: UUID) -> tuple[Statement, list[RecordedEvent]]:
+    def read(self, statement_id: UUID, until_version: int | None = None) -> list[RecordedEvent]:
+        """Every event of the statement (up to ``until_version``), in version order."""
         with self.store.db.read() as conn:
             epoch = Keyring.epoch(conn)  # before the stream: an erasure after it shows next time
         with self._lock:
             kept = self._kept.get(statement_id)
-        if kept is not None and kept[0] == epoch and kept[2]:
-            _, state, records = kept
-            new = self.store.read_stream(statement_id, after_version=records[-1].version)
-        else:
-            state, records = STATEMENT.initial(), ()
-            new = self.store.read_stream(statement_id)
-        if new:
-            state = STATEMENT.fold(EVENTS.decode_known(new), state)
-            records = (*records, *new)
+        records: tuple[RecordedEvent, ...] = ()
+        if kept is not None and kept[0] == epoch and kept[1]:
+            records = kept[1]
+        new = self.store.read_stream(
+            statement_id, after_version=records[-1].version if records else 0
+        )
+        records = (*records, *new)
         # Kept only once every record has its position (a record read before the sequencer
         # numbered it would keep lacking one).
         if new and all(r.position is not None for r in new):
             with self._lock:
                 current = self._kept.get(statement_id)
-                later = current is None or current[0] != epoch or len(current[2]) < len(records)
+                later = current is None or current[0] != epoch or len(current[1]) < len(records)
                 if later and len(records) <= self._kept.maxsize:
-                    self._kept[statement_id] = (epoch, state, records)
-        return state, list(records)
+                    self._kept[statement_id] = (epoch, records)
+        # Versions run from 1 without a gap: the first ``until_version`` records.
+        return list(records if until_version is None else records[:until_version])
 
 
-_FOLDS: weakref.WeakKeyDictionary[SqlEventStore, KeptFolds] = weakref.WeakKeyDictionary()
-_FOLDS_LOCK = threading.Lock()
+_KEPT: weakref.WeakKeyDictionary[SqlEventStore, KeptRecords] = weakref.WeakKeyDictionary()
+_KEPT_LOCK = threading.Lock()
 
 
 def statement_records(system: System, statement_id: UUID) -> list[RecordedEvent]:
-    """Every event of the statement, from the fold the pages keep (blocking: a thread's)."""
-    return _kept_folds(system).fold(statement_id)[1]
+    """Every event of the statement, from the records the pages keep (blocking: a thread's)."""
+    return _kept_records(system).read(statement_id)
 
 
-def _kept_folds(system: System) -> KeptFolds:
-    """The :class:`KeptFolds` of the system's event store in this process, within a quarter of
-    the process's fold budget (``CONCORD_FOLD_CACHE_EVENTS``)."""
-    with _FOLDS_LOCK:
-        folds = _FOLDS.get(system.store)
-        if folds is None:
+def _kept_records(system: System) -> KeptRecords:
+    """The :class:`KeptRecords` of the system's event store in this process, within a quarter
+    of the process's fold budget (``CONCORD_FOLD_CACHE_EVENTS``)."""
+    with _KEPT_LOCK:
+        kept = _KEPT.get(system.store)
+        if kept is None:
             budget = system.settings.fold_cache_events // 4
-            folds = _FOLDS[system.store] = KeptFolds(system.store, budget)
-        return folds
+            kept = _KEPT[system.store] = KeptRecords(system.store, budget)
+        return kept
 
 
 def _plain(value: Personal[str] | None) -> str | None:
