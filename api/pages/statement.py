@@ -86,8 +86,7 @@ async def public_page(statement_id: str, request: Request, system: SystemDep) ->
         return _not_public(state)
     pages = pages_of(request)
     status = statement_status(state, system.bus.clock.now())
-    key = pages.key(sid, state.version, status["key"], mark)
-    body = pages.get(key)
+    body = pages.get(_page_key(sid, state.version, status["key"], mark))
     if body is not None:
         return HTMLResponse(body, headers={**SECURITY_HEADERS, **PUBLIC})
     loaded = await load(system, sid)
@@ -105,7 +104,8 @@ async def public_page(statement_id: str, request: Request, system: SystemDep) ->
         live=f"/s/{state.statement_id}/live",
         position=loaded.position,
     )
-    pages.put(pages.key(sid, state.version, status["key"], mark), bytes(response.body))
+    if len(response.body) <= pages.maxsize:
+        pages[_page_key(sid, state.version, status["key"], mark)] = bytes(response.body)
     return response
 
 
@@ -123,39 +123,26 @@ async def kept_statement(system: System, statement_id: UUID, mark: Mark) -> Snap
     return await in_thread(system.lanes.load, STATEMENT, statement_id, seen=mark)
 
 
-class PublicPages:
-    """Public pages rendered once per statement version (and anything else they show) per
-    process: during a campaign hundreds of visitors load the page of one statement, and each
-    used to read and fold the whole statement (10,000 signatories: every one of them) and
-    render it. The key holds the statement's version, its status (which the clock moves), the
-    erasure counter (an erased name is never served) and where the consultations' and the
-    organisations' rows last changed (the page names the consultation and its organiser)."""
-
-    def __init__(self) -> None:
-        self._pages: LRUCache[Hashable, bytes] = LRUCache(PAGE_BYTES, getsizeof=len)
-
-    @staticmethod
-    def key(statement_id: UUID, version: int, status: str, mark: Mark) -> Hashable:
-        return (
-            statement_id,
-            version,
-            status,
-            mark.epoch,
-            mark.checkpoint(CONSULTATIONS),
-            mark.checkpoint(ORGANISATIONS),
-        )
-
-    def get(self, key: Hashable) -> bytes | None:
-        return self._pages.get(key)
-
-    def put(self, key: Hashable, body: bytes) -> None:
-        if len(body) <= PAGE_BYTES:
-            self._pages[key] = body
+def _page_key(statement_id: UUID, version: int, status: str, mark: Mark) -> Hashable:
+    """What a public page shows depends on: the statement's version, its status (which the
+    clock moves), the erasure counter (an erased name is never served) and where the
+    consultations' and the organisations' rows last changed (it names the consultation and
+    its organiser)."""
+    return (
+        statement_id,
+        version,
+        status,
+        mark.epoch,
+        mark.checkpoint(CONSULTATIONS),
+        mark.checkpoint(ORGANISATIONS),
+    )
 
 
-def pages_of(request: Request) -> PublicPages:
-    """The app's :class:`PublicPages`, made on first use."""
-    return app_member(request.app, "public_pages", lambda _: PublicPages())
+def pages_of(request: Request) -> LRUCache[Hashable, bytes]:
+    """Public pages rendered once per :func:`_page_key` per process: during a campaign
+    hundreds of visitors load the page of one statement, and each used to read and fold the
+    whole statement (10,000 signatories: every one of them) and render it."""
+    return app_member(request.app, "public_pages", lambda _: LRUCache(PAGE_BYTES, getsizeof=len))
 
 
 async def visible_statement(statement_id: str, request: Request, system: SystemDep) -> UUID:
@@ -206,7 +193,7 @@ class LiveLists:
     with 10,000 signatories is not read and folded whole for each change; it is folded from
     the start again only after an erasure, or for a position behind the kept one."""
 
-    def __init__(self, system: Any) -> None:
+    def __init__(self, system: System) -> None:
         self.system = system
         self._made: LRUCache[tuple[UUID, int], tuple[int, float, str]] = LRUCache(
             LIST_BYTES, getsizeof=lambda made: len(made[2])
