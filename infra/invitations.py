@@ -10,6 +10,7 @@ expiry sweep — never by a plain GET, which must change nothing.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from uuid import UUID
@@ -18,6 +19,7 @@ import structlog
 from sqlalchemy import select
 
 from infra.bootstrap import System
+from infra.eventstore.kept import KeptRecords
 from infra.projections.invitations import invitation_links, invitations
 from infra.tokens import link_token, secret_key, token_hash
 from services.decider import Context
@@ -125,22 +127,6 @@ def generation_of(endorsement: RecordedEvent, default: int) -> int:
     return int(generation) if generation.isdigit() else default
 
 
-class _Statements:
-    """A sweep's reads of statements: each read whole once, then only for what it gained
-    since (at an endorsement deadline hundreds of links of one statement fall due at once,
-    and each repair would otherwise read every one of its events)."""
-
-    def __init__(self, system: System) -> None:
-        self.store = system.store
-        self._read: dict[UUID, list[RecordedEvent]] = {}
-
-    def __call__(self, statement_id: UUID) -> list[RecordedEvent]:
-        records = self._read.setdefault(statement_id, [])
-        after = records[-1].version if records else 0
-        records.extend(self.store.read_stream(statement_id, after_version=after))
-        return records
-
-
 def expire_due(system: System, now: datetime | None = None, limit: int = 500) -> int:
     """The scheduler's sweep: expire live invitations whose time is up; returns how many.
 
@@ -159,10 +145,12 @@ def expire_due(system: System, now: datetime | None = None, limit: int = 500) ->
             ).scalars()
         )
     expired = 0
-    statements = _Statements(system)
+    # At an endorsement deadline hundreds of links of one statement fall due at once: the
+    # sweep reads each statement whole once, then only what it gained since.
+    statements = KeptRecords(system.store, max_events=sys.maxsize)
     for invitation_id in due:
         state, _, _ = system.bus.load(INVITATION, invitation_id)
-        state = repair(system, state, records=statements)
+        state = repair(system, state, records=statements.read)
         outcome = system.bus.handle(
             INVITATION,
             invitation_id,

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from cachetools import LRUCache
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -25,8 +24,8 @@ from api.threads import in_thread
 from infra.bootstrap import System
 from infra.documents.model import ERASED
 from infra.documents.render import country_name, format_dates, format_moment, signed_by
+from infra.eventstore.kept import KeptRecords
 from infra.eventstore.store import SqlEventStore
-from infra.personal import Keyring
 from infra.projections.consultations import consultations
 from infra.projections.organisations import organisations
 from infra.ratelimit import Limiter, limiter_for, parse_rate
@@ -194,49 +193,6 @@ async def load(system: System, statement_id: UUID) -> Loaded:
         return Loaded(state, records, detail, organiser)
 
     return await in_thread(fold)
-
-
-class KeptRecords:
-    """Statements' records as the pages read them, kept per process and carried forward by
-    the events appended since, instead of read whole for each page: during a campaign every
-    organisation signing through its link loads the statement for the form, for the answer,
-    for the receipt and for the check for a use lost in a crash. (The state comes from the
-    lanes' kept fold; only the records, with their metadata, are kept here.) Kept only while
-    nobody is erased: the keyring's epoch is read before the stream, and records kept at
-    another epoch are read again from the start (they may hold a name since erased). At most
-    ``max_events`` events in all (the records of 10,000 signatories took 27 MB, measured); a
-    statement larger than that is read whole each time."""
-
-    def __init__(self, store: SqlEventStore, max_events: int) -> None:
-        self.store = store
-        self._lock = threading.Lock()
-        self._kept: LRUCache[UUID, tuple[int, tuple[RecordedEvent, ...]]] = LRUCache(
-            max(1, max_events), getsizeof=lambda kept: max(1, len(kept[1]))
-        )
-
-    def read(self, statement_id: UUID, until_version: int | None = None) -> list[RecordedEvent]:
-        """Every event of the statement (up to ``until_version``), in version order."""
-        with self.store.db.read() as conn:
-            epoch = Keyring.epoch(conn)  # before the stream: an erasure after it shows next time
-        with self._lock:
-            kept = self._kept.get(statement_id)
-        records: tuple[RecordedEvent, ...] = ()
-        if kept is not None and kept[0] == epoch and kept[1]:
-            records = kept[1]
-        new = self.store.read_stream(
-            statement_id, after_version=records[-1].version if records else 0
-        )
-        records = (*records, *new)
-        # Kept only once every record has its position (a record read before the sequencer
-        # numbered it would keep lacking one).
-        if new and all(r.position is not None for r in new):
-            with self._lock:
-                current = self._kept.get(statement_id)
-                later = current is None or current[0] != epoch or len(current[1]) < len(records)
-                if later and len(records) <= self._kept.maxsize:
-                    self._kept[statement_id] = (epoch, records)
-        # Versions run from 1 without a gap: the first ``until_version`` records.
-        return list(records if until_version is None else records[:until_version])
 
 
 _KEPT: weakref.WeakKeyDictionary[SqlEventStore, KeptRecords] = weakref.WeakKeyDictionary()
